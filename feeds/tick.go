@@ -1,0 +1,376 @@
+package feeds
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+)
+
+// Market field names. Any other field name is a custom numeric field.
+const (
+	FieldPrice   = "price"
+	FieldSize    = "size"
+	FieldBid     = "bid"
+	FieldAsk     = "ask"
+	FieldBidSize = "bid_size"
+	FieldAskSize = "ask_size"
+	FieldVolume  = "volume"
+)
+
+// Limits on a single tick. They bound the memory a topic and a subscriber
+// can hold whatever a publisher sends.
+const (
+	MaxTopicLen     = 128
+	MaxFieldNameLen = 64
+	MaxFields       = 32
+)
+
+// MarketFields lists the fixed market field names in wire order.
+var MarketFields = []string{FieldPrice, FieldSize, FieldBid, FieldAsk, FieldBidSize, FieldAskSize, FieldVolume}
+
+// Tick is one observation for one topic.
+type Tick struct {
+	// Topic is 1-128 characters of [A-Za-z0-9._:/-].
+	Topic string
+	// TS is the source time in Unix milliseconds. Zero means "now": the bus
+	// stamps it when the tick is accepted.
+	TS int64
+	// Fields holds market fields (price, size, …) and custom numeric fields,
+	// each name at most once. Use Set and Get rather than editing it by hand.
+	Fields []Field
+}
+
+// Field is one named numeric value of a tick.
+type Field struct {
+	Name  string
+	Value float64
+}
+
+// Set sets field name to v, replacing an earlier value of the same name.
+func (t *Tick) Set(name string, v float64) {
+	for i := range t.Fields {
+		if t.Fields[i].Name == name {
+			t.Fields[i].Value = v
+			return
+		}
+	}
+	t.Fields = append(t.Fields, Field{Name: name, Value: v})
+}
+
+// Get returns the value of field name.
+func (t Tick) Get(name string) (float64, bool) {
+	for _, f := range t.Fields {
+		if f.Name == name {
+			return f.Value, true
+		}
+	}
+	return 0, false
+}
+
+// Clone returns a copy of t that shares no memory with it.
+func (t Tick) Clone() Tick {
+	t.Fields = append([]Field(nil), t.Fields...)
+	return t
+}
+
+// Errors returned by Validate and ParseTick. They are wrapped in a
+// *TickError that names the offending part.
+var (
+	ErrBadTopic     = errors.New("feeds: bad topic")
+	ErrBadField     = errors.New("feeds: bad field")
+	ErrNonFinite    = errors.New("feeds: non-finite number")
+	ErrTooManyField = errors.New("feeds: too many fields")
+	ErrBadJSON      = errors.New("feeds: bad tick JSON")
+)
+
+// TickError says why a tick was refused.
+type TickError struct {
+	Err    error  // one of the Err… sentinels above
+	Detail string // what exactly was wrong, for people
+}
+
+func (e *TickError) Error() string { return e.Err.Error() + ": " + e.Detail }
+func (e *TickError) Unwrap() error { return e.Err }
+
+func tickErr(err error, format string, args ...any) error {
+	return &TickError{Err: err, Detail: fmt.Sprintf(format, args...)}
+}
+
+// ValidTopic reports whether s is a valid topic name.
+func ValidTopic(s string) bool {
+	if len(s) == 0 || len(s) > MaxTopicLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !topicChar(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func topicChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return c == '.' || c == '_' || c == ':' || c == '/' || c == '-'
+}
+
+// ValidFieldName reports whether s may name a field: 1-64 characters of
+// [A-Za-z0-9_.-], not one of the tick's own keys (topic, ts, fields, seq,
+// epoch).
+func ValidFieldName(s string) bool {
+	if len(s) == 0 || len(s) > MaxFieldNameLen {
+		return false
+	}
+	switch s {
+	case "topic", "ts", "fields", "seq", "epoch":
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(topicChar(c) && c != ':' && c != '/') {
+			return false
+		}
+	}
+	return true
+}
+
+// Validate checks the topic, field names and values of t.
+func (t Tick) Validate() error {
+	if !ValidTopic(t.Topic) {
+		return tickErr(ErrBadTopic, "%q: want 1-%d characters of [A-Za-z0-9._:/-]", t.Topic, MaxTopicLen)
+	}
+	if len(t.Fields) > MaxFields {
+		return tickErr(ErrTooManyField, "%d fields, at most %d", len(t.Fields), MaxFields)
+	}
+	if t.TS < 0 {
+		return tickErr(ErrBadField, "ts %d is negative", t.TS)
+	}
+	for i, f := range t.Fields {
+		if !ValidFieldName(f.Name) {
+			return tickErr(ErrBadField, "field name %q: want 1-%d characters of [A-Za-z0-9_.-]", f.Name, MaxFieldNameLen)
+		}
+		if math.IsNaN(f.Value) || math.IsInf(f.Value, 0) {
+			return tickErr(ErrNonFinite, "field %q", f.Name)
+		}
+		for _, g := range t.Fields[:i] {
+			if g.Name == f.Name {
+				return tickErr(ErrBadField, "field %q given twice", f.Name)
+			}
+		}
+	}
+	return nil
+}
+
+func isMarketField(name string) bool {
+	for _, m := range MarketFields {
+		if m == name {
+			return true
+		}
+	}
+	return false
+}
+
+// MarshalJSON writes the tick in tickstream's tick format, which is also
+// the replay and record format:
+//
+//	{"topic":"BTC-USD","ts":1700000000000,"price":1.5,"size":2,"fields":{"oi":7}}
+func (t Tick) MarshalJSON() ([]byte, error) {
+	return t.AppendJSON(nil), nil
+}
+
+// AppendJSON appends the tick's JSON form to b.
+func (t Tick) AppendJSON(b []byte) []byte {
+	b = append(b, `{"topic":`...)
+	b = strconv.AppendQuote(b, t.Topic)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, t.TS, 10)
+	custom := 0
+	for _, f := range t.Fields {
+		if !isMarketField(f.Name) {
+			custom++
+			continue
+		}
+		b = append(b, ',', '"')
+		b = append(b, f.Name...)
+		b = append(b, '"', ':')
+		b = AppendFloat(b, f.Value)
+	}
+	if custom > 0 {
+		b = append(b, `,"fields":{`...)
+		first := true
+		for _, f := range t.Fields {
+			if isMarketField(f.Name) {
+				continue
+			}
+			if !first {
+				b = append(b, ',')
+			}
+			first = false
+			b = append(b, '"')
+			b = append(b, f.Name...)
+			b = append(b, '"', ':')
+			b = AppendFloat(b, f.Value)
+		}
+		b = append(b, '}')
+	}
+	return append(b, '}')
+}
+
+// AppendFloat appends v the way encoding/json writes a float64: the
+// shortest representation that round-trips, with exponents only for very
+// large or very small magnitudes.
+func AppendFloat(b []byte, v float64) []byte {
+	abs := math.Abs(v)
+	format := byte('f')
+	if abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, v, format, -1, 64)
+	if format == 'e' {
+		// clean up e-09 to e-9, as encoding/json does
+		n := len(b)
+		if n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b
+}
+
+// UnmarshalJSON reads the tick format written by MarshalJSON. Market
+// fields and any other numeric key may also stand at the top level; custom
+// fields may stand in the "fields" object. Keys "seq" and "epoch" are
+// ignored so that recorded updates can be replayed. The result is validated.
+func (t *Tick) UnmarshalJSON(data []byte) error {
+	parsed, err := ParseTick(data)
+	if err != nil {
+		return err
+	}
+	*t = parsed
+	return nil
+}
+
+// ParseTick decodes and validates one tick in the tick JSON format.
+func ParseTick(data []byte) (Tick, error) {
+	var raw map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&raw); err != nil {
+		return Tick{}, tickErr(ErrBadJSON, "%v", err)
+	}
+	if raw == nil {
+		return Tick{}, tickErr(ErrBadJSON, "want a JSON object")
+	}
+	var t Tick
+	if v, ok := raw["topic"]; ok {
+		if err := json.Unmarshal(v, &t.Topic); err != nil {
+			return Tick{}, tickErr(ErrBadTopic, "topic must be a string")
+		}
+	} else {
+		return Tick{}, tickErr(ErrBadTopic, "missing \"topic\"")
+	}
+	if v, ok := raw["ts"]; ok && string(v) != "null" {
+		f, err := parseNumber(v)
+		if err != nil || f != math.Trunc(f) || f < 0 || f > 1<<53 {
+			return Tick{}, tickErr(ErrBadField, "ts must be a whole number of Unix milliseconds, got %s", v)
+		}
+		t.TS = int64(f)
+	}
+	for k, v := range raw {
+		switch k {
+		case "topic", "ts", "seq", "epoch":
+			continue
+		case "fields":
+			var custom map[string]json.RawMessage
+			if err := json.Unmarshal(v, &custom); err != nil {
+				return Tick{}, tickErr(ErrBadField, "fields must be an object of numbers")
+			}
+			for name, fv := range custom {
+				if isMarketField(name) {
+					return Tick{}, tickErr(ErrBadField, "market field %q belongs at the top level, not in fields", name)
+				}
+				if err := t.addParsed(name, fv); err != nil {
+					return Tick{}, err
+				}
+			}
+		default:
+			if err := t.addParsed(k, v); err != nil {
+				return Tick{}, err
+			}
+		}
+	}
+	t.sortFields()
+	if err := t.Validate(); err != nil {
+		return Tick{}, err
+	}
+	return t, nil
+}
+
+func (t *Tick) addParsed(name string, v json.RawMessage) error {
+	f, err := parseNumber(v)
+	if err != nil {
+		return tickErr(ErrBadField, "field %q: %v", name, err)
+	}
+	if _, dup := t.Get(name); dup {
+		return tickErr(ErrBadField, "field %q given twice", name)
+	}
+	t.Fields = append(t.Fields, Field{Name: name, Value: f})
+	return nil
+}
+
+// sortFields puts market fields first in their fixed order, then custom
+// fields by name, so that decoding is deterministic.
+func (t *Tick) sortFields() {
+	rank := func(name string) int {
+		for i, m := range MarketFields {
+			if m == name {
+				return i
+			}
+		}
+		return len(MarketFields)
+	}
+	fs := t.Fields
+	for i := 1; i < len(fs); i++ {
+		for j := i; j > 0; j-- {
+			a, b := fs[j-1], fs[j]
+			ra, rb := rank(a.Name), rank(b.Name)
+			if ra < rb || (ra == rb && a.Name <= b.Name) {
+				break
+			}
+			fs[j-1], fs[j] = b, a
+		}
+	}
+}
+
+var errNotNumber = errors.New("not a number")
+
+func parseNumber(v json.RawMessage) (float64, error) {
+	s := string(bytes.TrimSpace(v))
+	if len(s) > 0 && s[0] == '"' {
+		// Exchanges send decimals as strings; accept them, but only if
+		// they are plain numbers.
+		var str string
+		if err := json.Unmarshal(v, &str); err != nil {
+			return 0, errNotNumber
+		}
+		s = str
+	} else if s == "" || (s[0] != '-' && (s[0] < '0' || s[0] > '9')) {
+		return 0, errNotNumber
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
+			return 0, ErrNonFinite
+		}
+		return 0, errNotNumber
+	}
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, ErrNonFinite
+	}
+	return f, nil
+}

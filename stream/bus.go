@@ -1,0 +1,428 @@
+package stream
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tickstream/tickstream/feeds"
+)
+
+// BusConfig configures a Bus. Every zero value means the documented default.
+type BusConfig struct {
+	// HistoryDepth is how many raw ticks each topic keeps for resume and
+	// /api/history. Zero value means 1000.
+	HistoryDepth int
+	// CandleDepth is how many bars each topic keeps per candle interval.
+	// Zero value means 500.
+	CandleDepth int
+	// MaxTopics bounds the number of topics; publishing a new topic past
+	// it is refused. Zero value means 100000.
+	MaxTopics int
+	// DefaultThrottle is the throttle of a subscribe without throttle_ms.
+	// Zero value means 100 ms.
+	DefaultThrottle time.Duration
+	// MaxThrottle is the largest throttle_ms a client may ask for. Zero
+	// value means 60 s.
+	MaxThrottle time.Duration
+	// MaxTopicsPerSubscriber bounds topics and patterns per connection.
+	// Zero value means 1000.
+	MaxTopicsPerSubscriber int
+	// MaxPendingBytes is the outbound queue size past which a subscriber
+	// steps down; four times it closes the subscriber. One MiB holds
+	// several seconds of a busy dashboard, so a client that is only
+	// briefly slow is never stepped down. Zero value means 1 MiB.
+	MaxPendingBytes int
+	// LagThrottle is a stepped-down subscriber's effective throttle.
+	// Zero value means 2 s.
+	LagThrottle time.Duration
+	// Heartbeat is the interval of transport keep-alives. Zero value
+	// means 15 s.
+	Heartbeat time.Duration
+	// Epoch names this run's history; it changes on restart because
+	// history is not durable. Zero value means a random string.
+	Epoch string
+	// Now is the clock. Zero value means time.Now.
+	Now func() time.Time
+	// Metrics receives the bus's metrics. Zero value means unregistered
+	// metrics.
+	Metrics *Metrics
+	// Logger logs bus events. Zero value means slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *BusConfig) setDefaults() error {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.HistoryDepth, 1000)
+	def(&c.CandleDepth, 500)
+	def(&c.MaxTopics, 100_000)
+	def(&c.MaxTopicsPerSubscriber, 1000)
+	def(&c.MaxPendingBytes, 1<<20)
+	defDur(&c.DefaultThrottle, 100*time.Millisecond)
+	defDur(&c.MaxThrottle, time.Minute)
+	defDur(&c.LagThrottle, 2*time.Second)
+	defDur(&c.Heartbeat, 15*time.Second)
+	if c.Epoch == "" {
+		c.Epoch = NewID(8)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Metrics == nil {
+		c.Metrics = NewMetrics(nil)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	switch {
+	case c.HistoryDepth < 0:
+		return fmt.Errorf("stream: HistoryDepth %d is negative", c.HistoryDepth)
+	case c.CandleDepth < 0:
+		return fmt.Errorf("stream: CandleDepth %d is negative", c.CandleDepth)
+	case c.MaxPendingBytes < 1024:
+		return fmt.Errorf("stream: MaxPendingBytes %d is under 1024", c.MaxPendingBytes)
+	case c.DefaultThrottle < 0 || c.DefaultThrottle > c.MaxThrottle:
+		return fmt.Errorf("stream: DefaultThrottle %v is outside 0..%v", c.DefaultThrottle, c.MaxThrottle)
+	case c.LagThrottle < 0 || c.Heartbeat < 0:
+		return errors.New("stream: LagThrottle and Heartbeat must not be negative")
+	}
+	for _, r := range c.Epoch {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '_') {
+			return fmt.Errorf("stream: Epoch %q: want [A-Za-z0-9_-]", c.Epoch)
+		}
+	}
+	return nil
+}
+
+// NewID returns a random id of n bytes as lower-case base32.
+func NewID(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))
+}
+
+// Bus is the in-process topic bus. See the package documentation.
+type Bus struct {
+	cfg     BusConfig
+	metrics *Metrics
+
+	mu       sync.RWMutex
+	topics   map[string]*topic
+	patterns map[*Subscriber]map[string]time.Duration
+	subs     map[*Subscriber]struct{}
+	closed   bool
+
+	flMu     sync.Mutex
+	flushers map[time.Duration]*flusher
+	flClosed bool
+	wg       sync.WaitGroup
+}
+
+// NewBus returns a running bus.
+func NewBus(cfg BusConfig) (*Bus, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	b := &Bus{
+		cfg:      cfg,
+		metrics:  cfg.Metrics,
+		topics:   make(map[string]*topic),
+		patterns: make(map[*Subscriber]map[string]time.Duration),
+		subs:     make(map[*Subscriber]struct{}),
+		flushers: make(map[time.Duration]*flusher),
+	}
+	pending := b.pendingBytes
+	b.metrics.pending.Store(&pending)
+	return b, nil
+}
+
+// Epoch is the bus's epoch.
+func (b *Bus) Epoch() string { return b.cfg.Epoch }
+
+// Config returns the bus configuration with defaults filled in.
+func (b *Bus) Config() BusConfig { return b.cfg }
+
+// Metrics returns the bus metrics.
+func (b *Bus) Metrics() *Metrics { return b.metrics }
+
+// Publish validates and accepts one tick from feed. It returns the tick's
+// seq, or a *feeds.TickError, ErrTooManyTopic or ErrClosed.
+func (b *Bus) Publish(feed string, tick feeds.Tick) (uint64, error) {
+	return b.publish(tick, b.metrics.ticksIn.WithLabelValues(feed), b.metrics.ticksRefused.WithLabelValues(feed))
+}
+
+func (b *Bus) publish(tick feeds.Tick, in, refused prometheus.Counter) (uint64, error) {
+	if err := tick.Validate(); err != nil {
+		refused.Inc()
+		return 0, err
+	}
+	now := b.cfg.Now()
+	if tick.TS == 0 {
+		tick.TS = now.UnixMilli()
+	}
+	t, err := b.topicFor(tick.Topic)
+	if err != nil {
+		refused.Inc()
+		return 0, err
+	}
+	seq := t.publish(&tick, now)
+	in.Inc()
+	return seq, nil
+}
+
+// Sink returns a feeds.Sink that publishes as feed.
+func (b *Bus) Sink(feed string) feeds.Sink {
+	return &busSink{bus: b, in: b.metrics.ticksIn.WithLabelValues(feed), refused: b.metrics.ticksRefused.WithLabelValues(feed)}
+}
+
+type busSink struct {
+	bus         *Bus
+	in, refused prometheus.Counter
+}
+
+func (s *busSink) Publish(t feeds.Tick) error {
+	_, err := s.bus.publish(t, s.in, s.refused)
+	return err
+}
+
+func (b *Bus) lookup(name string) *topic {
+	b.mu.RLock()
+	t := b.topics[name]
+	b.mu.RUnlock()
+	return t
+}
+
+// topicFor finds or creates a topic. A new topic is joined by every
+// matching pattern subscription before its first tick.
+func (b *Bus) topicFor(name string) (*topic, error) {
+	if t := b.lookup(name); t != nil {
+		return t, nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, ErrClosed
+	}
+	if t := b.topics[name]; t != nil {
+		return t, nil
+	}
+	if len(b.topics) >= b.cfg.MaxTopics {
+		return nil, fmt.Errorf("%w: %d topics already, at most %d", ErrTooManyTopic, len(b.topics), b.cfg.MaxTopics)
+	}
+	t := newTopic(b, name)
+	b.topics[name] = t
+	b.metrics.topics.Add(1)
+	for s, ps := range b.patterns {
+		for p, interval := range ps {
+			if strings.HasPrefix(name, p) {
+				s.joinNew(t, interval, p)
+				break
+			}
+		}
+	}
+	return t, nil
+}
+
+// subscribePattern subscribes s to every topic starting with prefix, now
+// and later.
+func (b *Bus) subscribePattern(s *Subscriber, prefix string, interval time.Duration, resume map[string]Cursor) {
+	b.mu.Lock()
+	ps := b.patterns[s]
+	if ps == nil {
+		ps = make(map[string]time.Duration)
+		b.patterns[s] = ps
+	}
+	ps[prefix] = interval
+	var matched []*topic
+	for name, t := range b.topics {
+		if strings.HasPrefix(name, prefix) {
+			matched = append(matched, t)
+		}
+	}
+	b.mu.Unlock()
+	s.subMu.Lock()
+	s.patterns[prefix] = interval
+	s.subMu.Unlock()
+	sort.Slice(matched, func(i, j int) bool { return matched[i].name < matched[j].name })
+	for _, t := range matched {
+		s.join(t, interval, resume, prefix)
+	}
+}
+
+func (b *Bus) unsubscribePattern(s *Subscriber, prefix string) {
+	b.mu.Lock()
+	delete(b.patterns[s], prefix)
+	b.mu.Unlock()
+	s.subMu.Lock()
+	delete(s.patterns, prefix)
+	var names []string
+	for name, m := range s.members {
+		if m.via == prefix {
+			names = append(names, name)
+		}
+	}
+	s.subMu.Unlock()
+	for _, name := range names {
+		s.leave(name, prefix)
+	}
+}
+
+// joinNew adds s to a topic that was just created (called with b.mu held,
+// before the topic's first tick, so no snapshot is needed).
+func (s *Subscriber) joinNew(t *topic, interval time.Duration, via string) {
+	m := t.join(s, interval, nil, via)
+	s.subMu.Lock()
+	s.members[t.name] = m
+	s.subMu.Unlock()
+}
+
+// NewSubscriber registers a subscriber for one connection of transport
+// ("ws", "sse"). The caller must Close it.
+func (b *Bus) NewSubscriber(transport string) (*Subscriber, error) {
+	s := &Subscriber{
+		bus:       b,
+		session:   NewID(16),
+		transport: transport,
+		sentMsgs:  b.metrics.sentMsgs.WithLabelValues(transport),
+		sentBytes: b.metrics.sentBytes.WithLabelValues(transport),
+		ready:     make(chan struct{}, 1),
+		done:      make(chan struct{}),
+		members:   make(map[string]*membership),
+		patterns:  make(map[string]time.Duration),
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, ErrClosed
+	}
+	b.subs[s] = struct{}{}
+	b.metrics.conns.WithLabelValues(transport).Inc()
+	return s, nil
+}
+
+// release drops every subscription of a closed subscriber.
+func (b *Bus) release(s *Subscriber) {
+	b.mu.Lock()
+	_, ok := b.subs[s]
+	delete(b.subs, s)
+	delete(b.patterns, s)
+	b.mu.Unlock()
+	if ok {
+		b.metrics.conns.WithLabelValues(s.transport).Dec()
+	}
+	s.subMu.Lock()
+	members := s.members
+	s.members = make(map[string]*membership)
+	clear(s.patterns)
+	s.subMu.Unlock()
+	for _, m := range members {
+		m.topic.mu.Lock()
+		m.topic.remove(m)
+		m.topic.mu.Unlock()
+	}
+}
+
+func (b *Bus) pendingBytes() float64 {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	n := 0
+	for s := range b.subs {
+		n += s.PendingBytes()
+	}
+	return float64(n)
+}
+
+// Subscribers is the number of open subscribers.
+func (b *Bus) Subscribers() int {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return len(b.subs)
+}
+
+// Topics lists every topic, sorted by name.
+func (b *Bus) Topics() []TopicInfo {
+	b.mu.RLock()
+	ts := make([]*topic, 0, len(b.topics))
+	for _, t := range b.topics {
+		ts = append(ts, t)
+	}
+	b.mu.RUnlock()
+	sort.Slice(ts, func(i, j int) bool { return ts[i].name < ts[j].name })
+	now := b.cfg.Now()
+	out := make([]TopicInfo, len(ts))
+	for i, t := range ts {
+		out[i] = t.info(now)
+	}
+	return out
+}
+
+// History returns up to limit raw ticks of topic after seq afterSeq.
+func (b *Bus) History(name string, afterSeq uint64, limit int) (History, error) {
+	t := b.lookup(name)
+	if t == nil {
+		return History{}, fmt.Errorf("%w %q", ErrUnknownTopic, name)
+	}
+	return t.history(afterSeq, limit), nil
+}
+
+// Candles returns up to limit newest bars of topic at interval ("1s",
+// "1m", "5m", "1h"), oldest first.
+func (b *Bus) Candles(name, interval string, limit int) ([]Candle, error) {
+	i := intervalIndex(interval)
+	if i < 0 {
+		return nil, fmt.Errorf("%w: %q", ErrBadInterval, interval)
+	}
+	t := b.lookup(name)
+	if t == nil {
+		return nil, fmt.Errorf("%w %q", ErrUnknownTopic, name)
+	}
+	return t.candleBars(i, limit), nil
+}
+
+// Close disconnects every subscriber with DisconnectShutdown, stops the
+// flushers and waits for them, or returns ctx.Err() if ctx ends first.
+// Publishing to a closed bus of a new topic fails with ErrClosed.
+func (b *Bus) Close(ctx context.Context) error {
+	b.mu.Lock()
+	b.closed = true
+	subs := make([]*Subscriber, 0, len(b.subs))
+	for s := range b.subs {
+		subs = append(subs, s)
+	}
+	b.mu.Unlock()
+	for _, s := range subs {
+		s.Close(DisconnectShutdown)
+	}
+	b.flMu.Lock()
+	b.flClosed = true
+	for d, f := range b.flushers {
+		close(f.quit)
+		delete(b.flushers, d)
+	}
+	b.flMu.Unlock()
+	done := make(chan struct{})
+	go func() { b.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,30 @@
+// Package stream is tickstream's topic bus and delivery engine.
+//
+// A Bus keeps, per topic, the sequence (epoch, seq), the latest value of
+// every field, a bounded ring of raw ticks for resume and /api/history, and
+// bounded OHLCV candles at 1s, 1m, 5m and 1h. Publish folds a tick into
+// every open coalescing window of the topic and returns; it never waits for
+// a subscriber.
+//
+// Subscribers of a topic are grouped by throttle interval. Each (topic,
+// interval) group has one open window; one flusher goroutine per distinct
+// interval closes the dirty windows, encodes each update once and puts the
+// same bytes on every member's queue. Throttle 0 encodes each tick once and
+// shares it the same way. There is no goroutine or timer per (subscriber,
+// topic).
+//
+// A Subscriber is one connection's view: its subscriptions and one bounded
+// outbound queue. Deliver drains the queue into a Transport, several
+// messages per write. When the queue passes BusConfig.MaxPendingBytes the
+// subscriber steps down: pending updates merge per topic (aggregates stay
+// exact), writes are paced at BusConfig.LagThrottle and a status message
+// tells the client. Only a transport stuck past its write deadline, or a
+// subscriber whose queue passes four times the bound, is closed.
+//
+// Concurrency contract: every exported method of Bus and Subscriber is safe
+// for concurrent use. The Bus owns every goroutine it starts (flushers);
+// Close stops them and disconnects every subscriber. Deliver runs on the
+// caller's goroutine and returns when the subscriber is closed, the
+// transport fails or the context ends. Lock order: Bus.mu → topic.mu →
+// Subscriber.subMu → Subscriber.mu → flusher.mu.
+package stream

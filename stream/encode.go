@@ -1,0 +1,148 @@
+package stream
+
+import (
+	"encoding/json"
+	"strconv"
+
+	"github.com/tickstream/tickstream/feeds"
+)
+
+// Message types on the wire.
+const (
+	TypeWelcome  = "welcome"
+	TypeAck      = "ack"
+	TypeSnapshot = "snapshot"
+	TypeUpdate   = "update"
+	TypeReset    = "reset"
+	TypePong     = "pong"
+	TypeError    = "error"
+	TypeStatus   = "status"
+)
+
+// Topic names, field names and epochs are restricted to characters that
+// need no JSON escaping, so the encoders below append them verbatim.
+
+func appendFields(b []byte, fs []feeds.Field) []byte {
+	b = append(b, '{')
+	for i, f := range fs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, f.Name...)
+		b = append(b, '"', ':')
+		b = feeds.AppendFloat(b, f.Value)
+	}
+	return append(b, '}')
+}
+
+func appendHead(b []byte, typ, topic, epoch string, seq uint64, ts int64) []byte {
+	b = append(b, `{"type":"`...)
+	b = append(b, typ...)
+	b = append(b, `","topic":"`...)
+	b = append(b, topic...)
+	b = append(b, `","epoch":"`...)
+	b = append(b, epoch...)
+	b = append(b, `","seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"ts":`...)
+	return strconv.AppendInt(b, ts, 10)
+}
+
+func appendUpdate(b []byte, u *Update) []byte {
+	b = appendHead(b, TypeUpdate, u.Topic, u.Epoch, u.Seq, u.TS)
+	b = append(b, `,"data":`...)
+	b = appendFields(b, u.Data)
+	b = append(b, `,"agg":{"n":`...)
+	b = strconv.AppendInt(b, u.Agg.N, 10)
+	if u.Agg.HasPrice {
+		b = append(b, `,"o":`...)
+		b = feeds.AppendFloat(b, u.Agg.O)
+		b = append(b, `,"h":`...)
+		b = feeds.AppendFloat(b, u.Agg.H)
+		b = append(b, `,"l":`...)
+		b = feeds.AppendFloat(b, u.Agg.L)
+		b = append(b, `,"c":`...)
+		b = feeds.AppendFloat(b, u.Agg.C)
+	}
+	b = append(b, `,"v":`...)
+	b = feeds.AppendFloat(b, u.Agg.V)
+	return append(b, "}}"...)
+}
+
+func appendSnapshot(b []byte, topic, epoch string, seq uint64, ts int64, data []feeds.Field) []byte {
+	b = appendHead(b, TypeSnapshot, topic, epoch, seq, ts)
+	b = append(b, `,"data":`...)
+	b = appendFields(b, data)
+	return append(b, '}')
+}
+
+func appendID(b []byte, id json.RawMessage) []byte {
+	if len(id) == 0 {
+		return b
+	}
+	b = append(b, `,"id":`...)
+	return append(b, id...)
+}
+
+func encodeAck(id json.RawMessage, topics []string) []byte {
+	b := []byte(`{"type":"ack"`)
+	b = appendID(b, id)
+	b = append(b, `,"topics":[`...)
+	for i, t := range topics {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendQuote(b, t)
+	}
+	return append(b, "]}"...)
+}
+
+func encodeError(id json.RawMessage, code, message string) []byte {
+	b := []byte(`{"type":"error"`)
+	b = appendID(b, id)
+	b = append(b, `,"code":`...)
+	b = strconv.AppendQuote(b, code)
+	b = append(b, `,"message":`...)
+	b = strconv.AppendQuote(b, message)
+	return append(b, '}')
+}
+
+func encodePong(id json.RawMessage) []byte {
+	b := []byte(`{"type":"pong"`)
+	b = appendID(b, id)
+	return append(b, '}')
+}
+
+func encodeReset(topic, reason string) []byte {
+	b := []byte(`{"type":"reset","topic":"`)
+	b = append(b, topic...)
+	b = append(b, `","reason":"`...)
+	b = append(b, reason...)
+	return append(b, `"}`...)
+}
+
+func encodeStatus(lagging bool, throttleMS int64) []byte {
+	b := []byte(`{"type":"status","lagging":`)
+	b = strconv.AppendBool(b, lagging)
+	b = append(b, `,"throttle_ms":`...)
+	b = strconv.AppendInt(b, throttleMS, 10)
+	return append(b, '}')
+}
+
+// EncodeWelcome returns the welcome message a transport sends first.
+func EncodeWelcome(session string, heartbeatMS, serverTimeMS int64) []byte {
+	b := []byte(`{"type":"welcome","session":`)
+	b = strconv.AppendQuote(b, session)
+	b = append(b, `,"heartbeat_ms":`...)
+	b = strconv.AppendInt(b, heartbeatMS, 10)
+	b = append(b, `,"server_time":`...)
+	b = strconv.AppendInt(b, serverTimeMS, 10)
+	return append(b, '}')
+}
+
+// Fields is a list of fields that encodes as a JSON object.
+type Fields []feeds.Field
+
+// MarshalJSON writes the fields as {"name":value,…} in order.
+func (f Fields) MarshalJSON() ([]byte, error) { return appendFields(nil, f), nil }

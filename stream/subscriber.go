@@ -1,0 +1,367 @@
+package stream
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Message is one outgoing message as a transport sees it.
+type Message struct {
+	Type  string // TypeUpdate, TypeSnapshot, …
+	Topic string // for snapshot, update and reset
+	Epoch string // for snapshot and update
+	Seq   uint64 // for snapshot and update
+	JSON  []byte // the encoded message, no trailing newline; do not modify
+	// Accepted is when the bus accepted the newest tick in an update.
+	Accepted time.Time
+}
+
+// queued is a Message waiting on a subscriber's queue.
+type queued struct {
+	Message
+	upd     *Update // set for updates
+	private bool    // upd is this subscriber's own merged copy, not yet encoded
+}
+
+// Transport writes a subscriber's messages to one connection.
+type Transport interface {
+	// WriteBatch writes msgs in as few writes as it can (one frame, one
+	// syscall). It must give up with an error once its write deadline
+	// passes.
+	WriteBatch(msgs []Message) error
+	// Heartbeat sends a keep-alive (a WebSocket ping, an SSE comment).
+	Heartbeat() error
+}
+
+// Subscriber is one connection's subscriptions and outbound queue.
+type Subscriber struct {
+	bus       *Bus
+	session   string
+	transport string
+	sentMsgs  prometheus.Counter
+	sentBytes prometheus.Counter
+
+	mu        sync.Mutex
+	queue     []queued
+	spare     []queued
+	pending   int            // bytes queued
+	mergeable map[string]int // topic → queue index of its mergeable update, while lagging
+	lagging   bool
+	quick     int // consecutive quick, small writes while lagging
+	closed    bool
+	reason    error
+	ready     chan struct{} // cap 1: output is pending
+	done      chan struct{} // closed by close
+
+	subMu    sync.Mutex
+	members  map[string]*membership
+	patterns map[string]time.Duration
+	errLevel float64 // protocol-error budget spent, leaks 1 per second
+	errAt    time.Time
+}
+
+// Session is the subscriber's session id, as sent in welcome.
+func (s *Subscriber) Session() string { return s.session }
+
+// Done is closed when the subscriber is closed.
+func (s *Subscriber) Done() <-chan struct{} { return s.done }
+
+// Err is why the subscriber was closed, nil while it is open.
+func (s *Subscriber) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reason
+}
+
+// Lagging reports whether the subscriber is stepped down.
+func (s *Subscriber) Lagging() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lagging
+}
+
+// PendingBytes is how many encoded bytes wait on the queue.
+func (s *Subscriber) PendingBytes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pending
+}
+
+func (s *Subscriber) signal() {
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
+
+// Send queues a message the transport made itself (welcome).
+func (s *Subscriber) Send(typ string, json []byte) { s.push(Message{Type: typ, JSON: json}) }
+
+// push queues a control message (anything but an update).
+func (s *Subscriber) push(m Message) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.queue = append(s.queue, queued{Message: m})
+	s.pending += len(m.JSON)
+	if m.Topic != "" {
+		// A snapshot or reset is a barrier: later updates of the topic
+		// must not merge into ones queued before it.
+		delete(s.mergeable, m.Topic)
+	}
+	s.checkHardLimitLocked()
+	s.mu.Unlock()
+	s.signal()
+}
+
+// pushUpdate queues an encoded update; it never blocks. While lagging,
+// the update merges into the topic's pending one.
+func (s *Subscriber) pushUpdate(u *Update) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	if s.lagging {
+		if i, ok := s.mergeable[u.Topic]; ok {
+			s.queue[i].merge(u)
+			s.bus.metrics.ticksCoalesced.Add(float64(u.Agg.N))
+			s.mu.Unlock()
+			return // already signalled when the entry was queued
+		}
+		s.mergeable[u.Topic] = len(s.queue)
+	}
+	s.queue = append(s.queue, queued{Message: updateMessage(u), upd: u})
+	s.pending += len(u.json)
+	if !s.lagging && s.pending > s.bus.cfg.MaxPendingBytes {
+		s.stepDownLocked()
+	}
+	s.checkHardLimitLocked()
+	s.mu.Unlock()
+	s.signal()
+}
+
+func updateMessage(u *Update) Message {
+	return Message{Type: TypeUpdate, Topic: u.Topic, Epoch: u.Epoch, Seq: u.Seq, JSON: u.json, Accepted: u.Accepted}
+}
+
+// merge folds the later update u into q, copying q's update first if it
+// is shared with other subscribers.
+func (q *queued) merge(u *Update) {
+	if q.private {
+		q.upd.Data = mergeFields(q.upd.Data, u.Data)
+		q.upd.Agg.Merge(u.Agg)
+		q.upd.Epoch, q.upd.Seq, q.upd.TS, q.upd.Accepted = u.Epoch, u.Seq, u.TS, u.Accepted
+	} else {
+		q.upd = q.upd.mergedWith(u)
+		q.private = true
+	}
+	q.Epoch, q.Seq, q.Accepted, q.JSON = u.Epoch, u.Seq, u.Accepted, nil
+}
+
+// stepDownLocked switches to lagging: the queued updates merge per topic
+// and the client is told its effective throttle.
+func (s *Subscriber) stepDownLocked() {
+	s.lagging = true
+	s.quick = 0
+	s.bus.metrics.lagging.Add(1)
+	s.bus.metrics.stepDowns.Inc()
+	if s.mergeable == nil {
+		s.mergeable = make(map[string]int)
+	}
+	old := s.queue
+	s.queue = make([]queued, 0, len(old)/4+8)
+	s.pending = 0
+	for _, q := range old {
+		if q.upd != nil {
+			if i, ok := s.mergeable[q.Topic]; ok {
+				s.queue[i].merge(q.upd)
+				s.bus.metrics.ticksCoalesced.Add(float64(q.upd.Agg.N))
+				continue
+			}
+			s.mergeable[q.Topic] = len(s.queue)
+		} else if q.Topic != "" {
+			delete(s.mergeable, q.Topic)
+		}
+		s.queue = append(s.queue, q)
+		s.pending += len(q.upd.jsonOr(q.JSON))
+	}
+	st := encodeStatus(true, s.bus.cfg.LagThrottle.Milliseconds())
+	s.queue = append(s.queue, queued{Message: Message{Type: TypeStatus, JSON: st}})
+	s.pending += len(st)
+}
+
+// jsonOr returns the update's bytes, or b for a nil update.
+func (u *Update) jsonOr(b []byte) []byte {
+	if u == nil || u.json == nil {
+		return b
+	}
+	return u.json
+}
+
+// checkHardLimitLocked closes a subscriber whose queue is still over four
+// times the bound after merging: it cannot be kept at bounded memory.
+func (s *Subscriber) checkHardLimitLocked() {
+	if s.pending > 4*s.bus.cfg.MaxPendingBytes {
+		s.bus.metrics.slowCloses.Inc()
+		s.closeLocked(DisconnectSlow)
+	}
+}
+
+// closeLocked marks the subscriber closed and wakes Deliver. The
+// subscriptions are released by Close, which the transport calls when it
+// is done; pushes to a closed subscriber are dropped until then.
+func (s *Subscriber) closeLocked(reason error) {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	s.reason = reason
+	clear(s.queue)
+	s.queue, s.spare, s.pending, s.mergeable = nil, nil, 0, nil
+	if s.lagging {
+		s.lagging = false
+		s.bus.metrics.lagging.Add(-1)
+	}
+	close(s.done)
+}
+
+// Close disconnects the subscriber with reason (nil when the client went
+// away) and releases all its subscriptions. It is idempotent.
+func (s *Subscriber) Close(reason error) {
+	s.mu.Lock()
+	s.closeLocked(reason)
+	s.mu.Unlock()
+	s.bus.release(s)
+}
+
+// drain moves the queued messages to dst.
+func (s *Subscriber) drain(dst []Message) []Message {
+	s.mu.Lock()
+	q := s.queue
+	s.queue, s.spare = s.spare[:0], nil
+	s.pending = 0
+	clear(s.mergeable)
+	s.mu.Unlock()
+	for i := range q {
+		if q[i].private {
+			q[i].upd.encoded()
+			q[i].JSON = q[i].upd.json
+		}
+		dst = append(dst, q[i].Message)
+	}
+	clear(q)
+	s.mu.Lock()
+	if s.spare == nil && !s.closed {
+		s.spare = q[:0]
+	}
+	s.mu.Unlock()
+	return dst
+}
+
+// Lagging ends after this many consecutive paced writes that were quick and
+// small: the client reads again as fast as we write.
+const catchUpWrites = 3
+
+// wrote records a finished write and decides whether a lagging client has
+// caught up.
+func (s *Subscriber) wrote(batch []Message, took time.Duration) {
+	size := 0
+	now := s.bus.cfg.Now()
+	for _, m := range batch {
+		size += len(m.JSON) + 1
+		if m.Type == TypeUpdate && !m.Accepted.IsZero() {
+			s.bus.metrics.latency.Observe(now.Sub(m.Accepted).Seconds())
+		}
+	}
+	s.sentMsgs.Add(float64(len(batch)))
+	s.sentBytes.Add(float64(size))
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.lagging || s.closed {
+		return
+	}
+	if took < 100*time.Millisecond && size < s.bus.cfg.MaxPendingBytes/4 {
+		s.quick++
+	} else {
+		s.quick = 0
+	}
+	if s.quick >= catchUpWrites {
+		s.lagging = false
+		s.bus.metrics.lagging.Add(-1)
+		clear(s.mergeable)
+		st := encodeStatus(false, 0)
+		s.queue = append(s.queue, queued{Message: Message{Type: TypeStatus, JSON: st}})
+		s.pending += len(st)
+		s.signal()
+	}
+}
+
+// Deliver writes the subscriber's messages to t until the subscriber is
+// closed (it returns the close reason, a *Disconnect), t fails (its error)
+// or ctx ends. While lagging, writes are paced at BusConfig.LagThrottle so
+// that updates merge in between.
+func (s *Subscriber) Deliver(ctx context.Context, t Transport) error {
+	hb := time.NewTicker(s.bus.cfg.Heartbeat)
+	defer hb.Stop()
+	var pace *time.Timer
+	defer func() {
+		if pace != nil {
+			pace.Stop()
+		}
+	}()
+	var batch []Message
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.done:
+			return s.Err()
+		case <-hb.C:
+			if err := t.Heartbeat(); err != nil {
+				return err
+			}
+			continue
+		case <-s.ready:
+		}
+		batch = s.drain(batch[:0])
+		if len(batch) == 0 {
+			continue
+		}
+		start := time.Now()
+		if err := t.WriteBatch(batch); err != nil {
+			return err
+		}
+		s.wrote(batch, time.Since(start))
+		clear(batch)
+		if !s.Lagging() {
+			continue
+		}
+		if pace == nil {
+			pace = time.NewTimer(s.bus.cfg.LagThrottle)
+		} else {
+			pace.Reset(s.bus.cfg.LagThrottle)
+		}
+	paced:
+		for {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-s.done:
+				return s.Err()
+			case <-hb.C:
+				if err := t.Heartbeat(); err != nil {
+					return err
+				}
+			case <-pace.C:
+				break paced
+			}
+		}
+	}
+}

@@ -1,0 +1,384 @@
+package stream
+
+import (
+	"sync"
+	"time"
+
+	"github.com/tickstream/tickstream/feeds"
+)
+
+// histEntry is one raw tick kept for resume and /api/history.
+type histEntry struct {
+	seq      uint64
+	ts       int64
+	fields   []feeds.Field
+	accepted time.Time
+}
+
+// topic is one topic's state. Every field is guarded by mu.
+type topic struct {
+	name string
+	bus  *Bus
+
+	mu       sync.Mutex
+	seq      uint64
+	ts       int64
+	latest   []feeds.Field
+	accepted time.Time
+	hist     []histEntry // ring; grows by append up to HistoryDepth
+	histHead int         // index of the oldest entry once full
+	candles  []candleRing
+	groups   map[time.Duration]*group
+	snap     []byte // cached snapshot encoding for seq snapSeq
+	snapSeq  uint64
+
+	rateSec   int64 // Unix second of rateCount
+	rateCount int   // ticks accepted in second rateSec
+	ratePrev  int   // ticks accepted in the second before rateSec
+}
+
+func newTopic(b *Bus, name string) *topic {
+	t := &topic{name: name, bus: b, groups: make(map[time.Duration]*group)}
+	t.candles = make([]candleRing, len(CandleIntervals))
+	for i, iv := range CandleIntervals {
+		t.candles[i].ms = iv.MS
+	}
+	return t
+}
+
+// group is the subscribers of one topic with one throttle interval.
+type group struct {
+	topic    *topic
+	interval time.Duration
+	members  []*membership
+	win      window
+	// joins hold members who joined while win already had ticks: they
+	// must not get the ticks folded before they joined (their snapshot or
+	// replay covered those), so each join point keeps its own window
+	// until the next flush.
+	joins   []*joinWindow
+	dirty   bool // queued on the flusher
+	removed bool // no longer in topic.groups
+}
+
+type joinWindow struct {
+	afterSeq uint64
+	win      window
+	members  []*membership
+}
+
+// membership is one subscriber's subscription to one topic.
+type membership struct {
+	sub   *Subscriber
+	topic *topic
+	group *group
+	index int         // in group.members; -1 while in join
+	join  *joinWindow // non-nil until the first flush after joining
+	via   string      // the pattern that added it, "" if named exactly
+}
+
+// publish applies one validated tick. It is called with t.mu unlocked.
+func (t *topic) publish(tick *feeds.Tick, accepted time.Time) uint64 {
+	cfg := &t.bus.cfg
+	fields := append([]feeds.Field(nil), tick.Fields...)
+	tick.Fields = fields
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.seq++
+	seq := t.seq
+	t.ts, t.accepted = tick.TS, accepted
+	t.latest = mergeFields(t.latest, fields)
+
+	e := histEntry{seq: seq, ts: tick.TS, fields: fields, accepted: accepted}
+	if len(t.hist) < cfg.HistoryDepth {
+		t.hist = append(t.hist, e)
+	} else if len(t.hist) > 0 {
+		t.hist[t.histHead] = e
+		t.histHead = (t.histHead + 1) % len(t.hist)
+	}
+
+	if price, ok := tick.Get(feeds.FieldPrice); ok {
+		size, _ := tick.Get(feeds.FieldSize)
+		for i := range t.candles {
+			t.candles[i].fold(tick.TS, price, size, cfg.CandleDepth)
+		}
+	}
+
+	sec := accepted.Unix()
+	switch {
+	case sec == t.rateSec:
+		t.rateCount++
+	case sec == t.rateSec+1:
+		t.ratePrev, t.rateCount, t.rateSec = t.rateCount, 1, sec
+	default:
+		t.ratePrev, t.rateCount, t.rateSec = 0, 1, sec
+	}
+
+	for _, g := range t.groups {
+		if g.interval == 0 {
+			if len(g.members) == 0 {
+				continue
+			}
+			var w window
+			w.fold(tick, seq, accepted)
+			g.fanout(w.take(t.name, cfg.Epoch).encoded(), g.members)
+			continue
+		}
+		g.win.fold(tick, seq, accepted)
+		for _, j := range g.joins {
+			j.win.fold(tick, seq, accepted)
+		}
+		if !g.dirty {
+			g.dirty = true
+			t.bus.flusherFor(g.interval).add(g)
+		}
+	}
+	return seq
+}
+
+// fanout puts u on every member's queue. Called with topic.mu held.
+func (g *group) fanout(u *Update, members []*membership) {
+	for _, m := range members {
+		m.sub.pushUpdate(u)
+	}
+	if n := u.Agg.N - 1; n > 0 {
+		g.topic.bus.metrics.ticksCoalesced.Add(float64(n))
+	}
+}
+
+// flush closes the group's window. Called by the flusher with topic.mu held.
+func (g *group) flush() {
+	g.dirty = false
+	t := g.topic
+	if !g.win.empty() {
+		u := g.win.take(t.name, t.bus.cfg.Epoch)
+		if len(g.members) > 0 {
+			g.fanout(u.encoded(), g.members)
+		}
+	}
+	for _, j := range g.joins {
+		if !j.win.empty() {
+			g.fanout(j.win.take(t.name, t.bus.cfg.Epoch).encoded(), j.members)
+		}
+		for _, m := range j.members {
+			m.join = nil
+			m.index = len(g.members)
+			g.members = append(g.members, m)
+		}
+	}
+	clear(g.joins)
+	g.joins = g.joins[:0]
+}
+
+// remove takes m out of its group. Called with topic.mu held.
+func (t *topic) remove(m *membership) {
+	g := m.group
+	if j := m.join; j != nil {
+		for i, x := range j.members {
+			if x == m {
+				j.members = append(j.members[:i], j.members[i+1:]...)
+				break
+			}
+		}
+		m.join = nil
+	} else if m.index >= 0 && m.index < len(g.members) && g.members[m.index] == m {
+		last := len(g.members) - 1
+		g.members[m.index] = g.members[last]
+		g.members[m.index].index = m.index
+		g.members[last] = nil
+		g.members = g.members[:last]
+	}
+	m.index = -1
+	if len(g.members) == 0 && !g.hasJoiners() {
+		g.removed = true
+		g.win = window{}
+		g.joins = nil
+		delete(t.groups, g.interval)
+	}
+}
+
+func (g *group) hasJoiners() bool {
+	for _, j := range g.joins {
+		if len(j.members) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Cursor is a resume position: the last (epoch, seq) a client has.
+type Cursor struct {
+	Epoch string `json:"epoch"`
+	Seq   uint64 `json:"seq"`
+}
+
+// Reset reasons.
+const (
+	ResetHistoryGap = "history_gap"  // the cursor is older than the kept history
+	ResetEpoch      = "epoch_change" // the cursor's epoch is not the topic's
+	ResetBadCursor  = "bad_cursor"   // the cursor is ahead of the topic
+)
+
+// join subscribes s to t at interval. With a cursor it replays from
+// history, or sends reset + snapshot; without, a snapshot. Called with
+// t.mu unlocked; the caller records the membership.
+func (t *topic) join(s *Subscriber, interval time.Duration, cur *Cursor, via string) *membership {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	epoch := t.bus.cfg.Epoch
+	switch {
+	case cur == nil:
+		t.pushSnapshot(s)
+	case cur.Epoch != epoch:
+		t.pushReset(s, ResetEpoch)
+		t.pushSnapshot(s)
+	case cur.Seq > t.seq:
+		t.pushReset(s, ResetBadCursor)
+		t.pushSnapshot(s)
+	case cur.Seq < t.oldestSeq()-1:
+		t.pushReset(s, ResetHistoryGap)
+		t.pushSnapshot(s)
+	default:
+		t.replay(s, cur.Seq, interval)
+	}
+
+	g := t.groups[interval]
+	if g == nil {
+		g = &group{topic: t, interval: interval}
+		t.groups[interval] = g
+	}
+	m := &membership{sub: s, topic: t, group: g, index: -1, via: via}
+	if interval > 0 && !g.win.empty() {
+		var j *joinWindow
+		if n := len(g.joins); n > 0 && g.joins[n-1].afterSeq == t.seq {
+			j = g.joins[n-1]
+		} else {
+			j = &joinWindow{afterSeq: t.seq}
+			g.joins = append(g.joins, j)
+		}
+		j.members = append(j.members, m)
+		m.join = j
+	} else {
+		m.index = len(g.members)
+		g.members = append(g.members, m)
+	}
+	return m
+}
+
+// oldestSeq is the seq of the oldest kept tick (seq+1 when none is kept).
+func (t *topic) oldestSeq() uint64 {
+	return t.seq - uint64(len(t.hist)) + 1
+}
+
+func (t *topic) histAt(i int) *histEntry { return &t.hist[(t.histHead+i)%len(t.hist)] }
+
+// pushSnapshot sends the latest value, encoded once per seq. Nothing is
+// sent for a topic that has no tick yet: its first update carries all.
+func (t *topic) pushSnapshot(s *Subscriber) {
+	if t.seq == 0 {
+		return
+	}
+	if t.snap == nil || t.snapSeq != t.seq {
+		t.snap = appendSnapshot(nil, t.name, t.bus.cfg.Epoch, t.seq, t.ts, t.latest)
+		t.snapSeq = t.seq
+	}
+	s.push(Message{Type: TypeSnapshot, Topic: t.name, Epoch: t.bus.cfg.Epoch, Seq: t.seq, JSON: t.snap})
+}
+
+func (t *topic) pushReset(s *Subscriber, reason string) {
+	s.push(Message{Type: TypeReset, Topic: t.name, JSON: encodeReset(t.name, reason)})
+}
+
+// replay sends the kept ticks after seq, folded into windows of the
+// subscription's interval by source time, like live ones.
+func (t *topic) replay(s *Subscriber, after uint64, interval time.Duration) {
+	if after >= t.seq {
+		return
+	}
+	first := int(after + 1 - t.oldestSeq())
+	var w window
+	bucket := int64(-1)
+	ms := interval.Milliseconds()
+	for i := first; i < len(t.hist); i++ {
+		e := t.histAt(i)
+		b := int64(i) // throttle 0: one update per tick
+		if ms > 0 {
+			b = e.ts / ms
+		}
+		if !w.empty() && b != bucket {
+			s.pushUpdate(w.take(t.name, t.bus.cfg.Epoch).encoded())
+		}
+		bucket = b
+		tick := feeds.Tick{Topic: t.name, TS: e.ts, Fields: e.fields}
+		w.fold(&tick, e.seq, e.accepted)
+	}
+	if !w.empty() {
+		s.pushUpdate(w.take(t.name, t.bus.cfg.Epoch).encoded())
+	}
+}
+
+// info returns the topic's public summary.
+func (t *topic) info(now time.Time) TopicInfo {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	rate := 0
+	switch sec := now.Unix(); sec {
+	case t.rateSec:
+		rate = max(t.ratePrev, t.rateCount)
+	case t.rateSec + 1:
+		rate = t.rateCount
+	}
+	return TopicInfo{
+		Topic: t.name, Epoch: t.bus.cfg.Epoch, Seq: t.seq, TS: t.ts,
+		Data: append(Fields(nil), t.latest...), Rate: rate,
+	}
+}
+
+// TopicInfo is what /api/topics shows for one topic.
+type TopicInfo struct {
+	Topic string `json:"topic"`
+	Epoch string `json:"epoch"`
+	Seq   uint64 `json:"seq"`
+	TS    int64  `json:"ts"`
+	Data  Fields `json:"data"`
+	// Rate is ticks accepted in the last whole second.
+	Rate int `json:"rate"`
+}
+
+// HistoryTick is one raw tick from history.
+type HistoryTick struct {
+	Seq  uint64 `json:"seq"`
+	TS   int64  `json:"ts"`
+	Data Fields `json:"data"`
+}
+
+// History is one page of raw ticks.
+type History struct {
+	Topic  string        `json:"topic"`
+	Epoch  string        `json:"epoch"`
+	Oldest uint64        `json:"oldest_seq"` // oldest seq still kept
+	Last   uint64        `json:"last_seq"`   // the topic's current seq
+	Ticks  []HistoryTick `json:"ticks"`
+}
+
+func (t *topic) history(afterSeq uint64, limit int) History {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	h := History{Topic: t.name, Epoch: t.bus.cfg.Epoch, Oldest: t.oldestSeq(), Last: t.seq, Ticks: []HistoryTick{}}
+	start := 0
+	if afterSeq >= h.Oldest {
+		start = int(afterSeq + 1 - h.Oldest)
+	}
+	for i := start; i < len(t.hist) && len(h.Ticks) < limit; i++ {
+		e := t.histAt(i)
+		h.Ticks = append(h.Ticks, HistoryTick{Seq: e.seq, TS: e.ts, Data: e.fields})
+	}
+	return h
+}
+
+func (t *topic) candleBars(interval, limit int) []Candle {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.candles[interval].last(limit)
+}
