@@ -28,7 +28,7 @@ type BusConfig struct {
 	// it is refused. Zero value means 100000.
 	MaxTopics int
 	// DefaultThrottle is the throttle of a subscribe without throttle_ms.
-	// Zero value means 100 ms.
+	// Zero value means 100 ms; a negative value means 0 (every tick).
 	DefaultThrottle time.Duration
 	// MaxThrottle is the largest throttle_ms a client may ask for. Zero
 	// value means 60 s.
@@ -76,6 +76,9 @@ func (c *BusConfig) setDefaults() error {
 	def(&c.MaxTopicsPerSubscriber, 1000)
 	def(&c.MaxPendingBytes, 1<<20)
 	defDur(&c.DefaultThrottle, 100*time.Millisecond)
+	if c.DefaultThrottle < 0 {
+		c.DefaultThrottle = 0
+	}
 	defDur(&c.MaxThrottle, time.Minute)
 	defDur(&c.LagThrottle, 2*time.Second)
 	defDur(&c.Heartbeat, 15*time.Second)

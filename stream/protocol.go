@@ -276,3 +276,16 @@ func quantize(d time.Duration) time.Duration {
 	}
 	return (d + q - 1) / q * q
 }
+
+// SubscribeRequest is a subscribe that did not come as JSON (the SSE
+// URL's topics and Last-Event-ID cursor).
+type SubscribeRequest struct {
+	Topics     []string
+	ThrottleMS *int64 // nil means the default throttle
+	Resume     map[string]Cursor
+}
+
+// Subscribe subscribes like a subscribe message.
+func (s *Subscriber) Subscribe(r SubscribeRequest) (Result, error) {
+	return s.subscribe(clientMessage{Op: "subscribe", Topics: r.Topics, ThrottleMS: r.ThrottleMS, Resume: r.Resume})
+}

@@ -1,0 +1,35 @@
+// Command tickstream streams live market data and dashboard metrics to
+// browsers over WebSocket and SSE. Run it with no flags for the built-in
+// simulator and the dashboard at http://localhost:8080/.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	_ "github.com/tickstream/tickstream/feeds/all"
+	"github.com/tickstream/tickstream/stream/server"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:])
+	stop()
+	switch {
+	case err == nil, errors.Is(err, server.ErrHelp):
+	default:
+		fmt.Fprintln(os.Stderr, "tickstream:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "record" {
+		return record(ctx, args[1:])
+	}
+	return server.Run(ctx, args)
+}

@@ -1,0 +1,162 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/stream"
+)
+
+func (s *Server) handleTopics(c *fiber.Ctx) error {
+	return c.JSON(s.bus.Topics())
+}
+
+// queryInt reads an optional whole-number query parameter within [lo, hi].
+func queryInt(c *fiber.Ctx, name string, def, lo, hi int64) (int64, error) {
+	v := c.Query(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < lo || n > hi {
+		return 0, apiError(c, fiber.StatusBadRequest, "bad_request", fmt.Sprintf("%s=%q: want a whole number from %d to %d", name, v, lo, hi))
+	}
+	return n, nil
+}
+
+func (s *Server) topicParam(c *fiber.Ctx) (string, error) {
+	t := c.Query("topic")
+	if !feeds.ValidTopic(t) {
+		return "", apiError(c, fiber.StatusBadRequest, stream.CodeBadTopic, fmt.Sprintf("topic=%q: want 1-128 characters of [A-Za-z0-9._:/-]", t))
+	}
+	return t, nil
+}
+
+func lookupError(c *fiber.Ctx, err error) error {
+	switch {
+	case errors.Is(err, stream.ErrUnknownTopic):
+		return apiError(c, fiber.StatusNotFound, stream.CodeUnknownTopic, err.Error())
+	case errors.Is(err, stream.ErrBadInterval):
+		return apiError(c, fiber.StatusBadRequest, "bad_interval", err.Error())
+	}
+	return apiError(c, fiber.StatusInternalServerError, "internal", err.Error())
+}
+
+func (s *Server) handleHistory(c *fiber.Ctx) error {
+	topic, err := s.topicParam(c)
+	if err != nil {
+		return err
+	}
+	after, err := queryInt(c, "after_seq", 0, 0, 1<<62)
+	if err != nil {
+		return err
+	}
+	limit, err := queryInt(c, "limit", 100, 1, 10_000)
+	if err != nil {
+		return err
+	}
+	h, err := s.bus.History(topic, uint64(after), int(limit))
+	if err != nil {
+		return lookupError(c, err)
+	}
+	return c.JSON(h)
+}
+
+func (s *Server) handleCandles(c *fiber.Ctx) error {
+	topic, err := s.topicParam(c)
+	if err != nil {
+		return err
+	}
+	limit, err := queryInt(c, "limit", 500, 1, 100_000)
+	if err != nil {
+		return err
+	}
+	bars, err := s.bus.Candles(topic, c.Query("interval", "1m"), int(limit))
+	if err != nil {
+		return lookupError(c, err)
+	}
+	return c.JSON(bars)
+}
+
+// refusedTick says why one tick of a publish was refused.
+type refusedTick struct {
+	Line  int    `json:"line"` // 1-based line (NDJSON) or array index + 1
+	Error string `json:"error"`
+}
+
+type publishResult struct {
+	Accepted int           `json:"accepted"`
+	Refused  []refusedTick `json:"refused"`
+}
+
+// handlePublish accepts ticks as a JSON array or as NDJSON. Good ticks land
+// even when others in the batch are refused; each refusal says why.
+func (s *Server) handlePublish(c *fiber.Ctx) error {
+	body := bytes.TrimSpace(c.Body())
+	if len(body) == 0 {
+		return apiError(c, fiber.StatusBadRequest, "empty", "send ticks as a JSON array or as NDJSON, one tick per line")
+	}
+	res := publishResult{Refused: []refusedTick{}}
+	publish := func(line int, raw []byte) {
+		t, err := feeds.ParseTick(raw)
+		if err == nil {
+			err = s.cfg.PublishSink.Publish(t)
+		}
+		if err != nil {
+			res.Refused = append(res.Refused, refusedTick{Line: line, Error: err.Error()})
+			return
+		}
+		res.Accepted++
+	}
+	if body[0] == '[' {
+		var items []json.RawMessage
+		if err := json.Unmarshal(body, &items); err != nil {
+			return apiError(c, fiber.StatusBadRequest, "bad_json", "the body starts with [ but is not a JSON array: "+err.Error())
+		}
+		for i, raw := range items {
+			publish(i+1, raw)
+		}
+	} else {
+		sc := bufio.NewScanner(bytes.NewReader(body))
+		sc.Buffer(make([]byte, 0, 64<<10), s.cfg.MaxPublishBytes)
+		for line := 1; sc.Scan(); line++ {
+			raw := bytes.TrimSpace(sc.Bytes())
+			if len(raw) == 0 {
+				continue
+			}
+			publish(line, raw)
+		}
+	}
+	status := fiber.StatusOK
+	if res.Accepted == 0 && len(res.Refused) > 0 {
+		status = fiber.StatusBadRequest
+	}
+	return c.Status(status).JSON(res)
+}
+
+func (s *Server) handleFeeds(c *fiber.Ctx) error {
+	if s.cfg.Feeds == nil {
+		return c.JSON([]feeds.Status{})
+	}
+	return c.JSON(s.cfg.Feeds.Statuses())
+}
+
+func (s *Server) handleReady(c *fiber.Ctx) error {
+	ready := !s.draining.Load() && (s.cfg.Feeds == nil || s.cfg.Feeds.Ready())
+	var sts []feeds.Status
+	if s.cfg.Feeds != nil {
+		sts = s.cfg.Feeds.Statuses()
+	}
+	status := fiber.StatusOK
+	if !ready {
+		status = fiber.StatusServiceUnavailable
+	}
+	return c.Status(status).JSON(fiber.Map{"ready": ready, "draining": s.draining.Load(), "feeds": sts})
+}

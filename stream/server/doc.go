@@ -1,0 +1,17 @@
+// Package server is tickstream's HTTP front: a Fiber app that serves the
+// dashboard, WebSocket (/ws) and SSE (/sse) streams, the HTTP API and
+// metrics over a stream.Bus, plus Run, which wires settings, feeds, bus and
+// server into the tickstream command.
+//
+// Transports are thin adapters over stream.Subscriber: each connection has
+// one reader (the handler's goroutine; it parses client messages and drains
+// control frames) and one writer (Subscriber.Deliver, which writes several
+// messages per frame). Both end before the handler returns, because the
+// WebSocket connection object is pooled and reused after that.
+//
+// Concurrency contract: a Server is safe for concurrent use. Shutdown stops
+// accepting streams, closes every WebSocket with 1001 and a jittered
+// retry hint, ends every SSE stream with a retry: hint, waits for their
+// handlers, then shuts the HTTP server down. The Bus is not closed: it
+// belongs to the caller.
+package server

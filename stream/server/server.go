@@ -1,0 +1,280 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/adaptor"
+	"github.com/gofiber/fiber/v2/middleware/filesystem"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
+
+	"github.com/tickstream/tickstream/dashboard"
+	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/stream"
+)
+
+// Config configures a Server. Every zero value means the documented default.
+type Config struct {
+	// Bus is the topic bus to serve. Required.
+	Bus *stream.Bus
+	// Feeds reports feed states for /api/feeds and /readyz. Zero value
+	// means no feeds: /readyz is ready while the server runs.
+	Feeds feeds.StatusReporter
+	// PublishSink receives ticks from POST /api/publish. Zero value means
+	// Bus.Sink("http").
+	PublishSink feeds.Sink
+	// Gatherer serves /metrics. Zero value means no /metrics.
+	Gatherer prometheus.Gatherer
+	// Logger logs connection events. Zero value means slog.Default().
+	Logger *slog.Logger
+	// Dashboard is served at /. Zero value means dashboard.FS().
+	Dashboard fs.FS
+	// DisableWebSocket refuses /ws upgrades (403), as a proxy that blocks
+	// WebSocket would, so that clients fall back to SSE.
+	DisableWebSocket bool
+	// WriteTimeout is the write deadline: a client whose socket accepts
+	// nothing for this long is closed with 1013. Zero value means 10 s.
+	WriteTimeout time.Duration
+	// RetryBase is the base of the reconnect hint sent in close frames
+	// and SSE retry: lines; each hint is jittered uniformly in
+	// [RetryBase, 2×RetryBase) so that a restart does not bring every
+	// client back at once. Zero value means 1 s.
+	RetryBase time.Duration
+	// AcceptRate is how many new /ws and /sse connections per second the
+	// token bucket lets in; AcceptBurst is the bucket size. Zero values
+	// mean 200/s and a burst of 500.
+	AcceptRate  float64
+	AcceptBurst int
+	// MaxFrameBytes is the largest client message; a larger one gets a
+	// frame_too_large error. Zero value means 64 KiB.
+	MaxFrameBytes int
+	// MaxPublishBytes is the largest POST body. Zero value means 8 MiB.
+	MaxPublishBytes int
+}
+
+func (c *Config) setDefaults() error {
+	if c.Bus == nil {
+		return errors.New("server: Config.Bus is required")
+	}
+	if c.PublishSink == nil {
+		c.PublishSink = c.Bus.Sink("http")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Dashboard == nil {
+		c.Dashboard = dashboard.FS()
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.RetryBase == 0 {
+		c.RetryBase = time.Second
+	}
+	if c.AcceptRate == 0 {
+		c.AcceptRate = 200
+	}
+	if c.AcceptBurst == 0 {
+		c.AcceptBurst = 500
+	}
+	if c.MaxFrameBytes == 0 {
+		c.MaxFrameBytes = 64 << 10
+	}
+	if c.MaxPublishBytes == 0 {
+		c.MaxPublishBytes = 8 << 20
+	}
+	return nil
+}
+
+// Server serves one Bus over HTTP.
+type Server struct {
+	cfg    Config
+	bus    *stream.Bus
+	app    *fiber.App
+	log    *slog.Logger
+	accept *rate.Limiter
+
+	wsHandler fiber.Handler
+
+	draining atomic.Bool
+	mu       sync.Mutex
+	streams  map[*stream.Subscriber]struct{} // open /ws and /sse connections
+	sessions map[string]*stream.Subscriber   // SSE sessions by id
+	wg       sync.WaitGroup                  // stream handlers
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("server: closed")
+
+// New builds a server. Call Serve to run it.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:      cfg,
+		bus:      cfg.Bus,
+		log:      cfg.Logger,
+		accept:   rate.NewLimiter(rate.Limit(cfg.AcceptRate), cfg.AcceptBurst),
+		streams:  make(map[*stream.Subscriber]struct{}),
+		sessions: make(map[string]*stream.Subscriber),
+	}
+	s.app = fiber.New(fiber.Config{
+		DisableStartupMessage: true,
+		BodyLimit:             cfg.MaxPublishBytes,
+		IdleTimeout:           2 * time.Minute,
+		ErrorHandler:          errorHandler,
+		AppName:               "tickstream",
+	})
+	s.initWS()
+	s.routes()
+	return s, nil
+}
+
+// App returns the Fiber app, for tests with app.Test and for adding routes.
+func (s *Server) App() *fiber.App { return s.app }
+
+func (s *Server) routes() {
+	app := s.app
+	app.Get("/ws", s.wsUpgrade)
+	app.Get("/sse", s.handleSSE)
+	app.Post("/api/sse/:session", s.handleSSEControl)
+	app.Get("/api/topics", s.handleTopics)
+	app.Get("/api/history", s.handleHistory)
+	app.Get("/api/candles", s.handleCandles)
+	app.Post("/api/publish", s.handlePublish)
+	app.Get("/api/feeds", s.handleFeeds)
+	app.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
+	app.Get("/readyz", s.handleReady)
+	if s.cfg.Gatherer != nil {
+		app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{})))
+	}
+	app.Use("/api", func(c *fiber.Ctx) error {
+		return apiError(c, fiber.StatusNotFound, "not_found", "no such API endpoint: "+c.Method()+" "+c.Path())
+	})
+	app.Use("/", filesystem.New(filesystem.Config{Root: http.FS(s.cfg.Dashboard), Index: "index.html"}))
+}
+
+// Serve serves HTTP on ln until Shutdown; then it returns ErrServerClosed.
+func (s *Server) Serve(ln net.Listener) error {
+	err := s.app.Listener(ln)
+	if s.draining.Load() {
+		return ErrServerClosed
+	}
+	return err
+}
+
+// Shutdown stops accepting streams, disconnects every stream client with
+// a retry hint, waits for their handlers and shuts the HTTP server down,
+// or returns ctx.Err() if ctx ends first.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.mu.Lock()
+	subs := make([]*stream.Subscriber, 0, len(s.streams))
+	for sub := range s.streams {
+		subs = append(subs, sub)
+	}
+	s.mu.Unlock()
+	for _, sub := range subs {
+		sub.Close(stream.DisconnectShutdown)
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return s.app.ShutdownWithContext(ctx)
+}
+
+// open registers a new stream connection, refusing it while draining.
+func (s *Server) open(transport string) (*stream.Subscriber, error) {
+	sub, err := s.bus.NewSubscriber(transport)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining.Load() {
+		sub.Close(stream.DisconnectShutdown)
+		return nil, ErrServerClosed
+	}
+	s.streams[sub] = struct{}{}
+	if transport == "sse" {
+		s.sessions[sub.Session()] = sub
+	}
+	s.wg.Add(1)
+	return sub, nil
+}
+
+func (s *Server) closeStream(sub *stream.Subscriber) {
+	sub.Close(nil)
+	s.mu.Lock()
+	delete(s.streams, sub)
+	delete(s.sessions, sub.Session())
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// admit applies the draining state and the connection token bucket to a
+// new stream request. It returns a non-nil error response when refused.
+func (s *Server) admit(c *fiber.Ctx) error {
+	if s.draining.Load() {
+		return s.refuseRetry(c, fiber.StatusServiceUnavailable, "shutting_down", "server is shutting down")
+	}
+	if !s.accept.Allow() {
+		return s.refuseRetry(c, fiber.StatusServiceUnavailable, "busy", "too many new connections; retry later")
+	}
+	return nil
+}
+
+func (s *Server) refuseRetry(c *fiber.Ctx, status int, code, msg string) error {
+	retry := s.retryHint()
+	c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int((retry+time.Second-1)/time.Second)))
+	return c.Status(status).JSON(fiber.Map{"error": code, "message": msg, "retry_ms": retry.Milliseconds()})
+}
+
+// retryHint is a reconnect delay jittered in [RetryBase, 2×RetryBase).
+func (s *Server) retryHint() time.Duration {
+	b := s.cfg.RetryBase
+	return b + time.Duration(rand.Int64N(int64(b)))
+}
+
+// apiError answers an API error as JSON: {"error":code,"message":…}.
+func apiError(c *fiber.Ctx, status int, code, msg string) error {
+	return c.Status(status).JSON(fiber.Map{"error": code, "message": msg})
+}
+
+// errorHandler turns Fiber's own errors (body too large, 404, 405) into the
+// same JSON shape.
+func errorHandler(c *fiber.Ctx, err error) error {
+	status, code := fiber.StatusInternalServerError, "internal"
+	var fe *fiber.Error
+	if errors.As(err, &fe) {
+		status = fe.Code
+		switch status {
+		case fiber.StatusRequestEntityTooLarge:
+			code = "too_large"
+		case fiber.StatusNotFound:
+			code = "not_found"
+		case fiber.StatusMethodNotAllowed:
+			code = "method_not_allowed"
+		default:
+			code = "bad_request"
+		}
+	}
+	return apiError(c, status, code, err.Error())
+}

@@ -1,0 +1,240 @@
+package server
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tickstream/tickstream/feeds"
+)
+
+// Settings are the tickstream command's settings. Each comes, in order of
+// precedence, from a flag (--history-depth), an environment variable
+// (TICKSTREAM_HISTORY_DEPTH) or the config file (history_depth:), else its
+// default. The help tag is the flag's help text; min and max bound numbers.
+type Settings struct {
+	Addr              string  `yaml:"addr" help:"listen address" default:":8080"`
+	LogLevel          string  `yaml:"log_level" help:"log level: debug, info, warn or error" default:"info"`
+	LogFormat         string  `yaml:"log_format" help:"log format: text or json" default:"text"`
+	HistoryDepth      int     `yaml:"history_depth" help:"raw ticks kept per topic for resume and /api/history" default:"1000" min:"0" max:"10000000"`
+	CandleDepth       int     `yaml:"candle_depth" help:"bars kept per topic and candle interval" default:"500" min:"0" max:"1000000"`
+	MaxTopics         int     `yaml:"max_topics" help:"most topics the server keeps" default:"100000" min:"1" max:"100000000"`
+	DefaultThrottleMS int     `yaml:"default_throttle_ms" help:"throttle of a subscription that names none" default:"100" min:"0" max:"60000"`
+	HeartbeatMS       int     `yaml:"heartbeat_ms" help:"interval of WebSocket pings and SSE heartbeats" default:"15000" min:"100" max:"3600000"`
+	MaxPendingBytes   int     `yaml:"max_pending_bytes" help:"outbound queue per client past which it is stepped down" default:"1048576" min:"1024" max:"1073741824"`
+	LagThrottleMS     int     `yaml:"lag_throttle_ms" help:"effective throttle of a stepped-down client" default:"2000" min:"10" max:"60000"`
+	WriteTimeoutMS    int     `yaml:"write_timeout_ms" help:"write deadline; a client stuck past it is closed with 1013" default:"10000" min:"100" max:"600000"`
+	MaxTopicsPerConn  int     `yaml:"max_topics_per_conn" help:"topics and patterns per connection" default:"1000" min:"1" max:"1000000"`
+	MaxFrameBytes     int     `yaml:"max_frame_bytes" help:"largest client message" default:"65536" min:"256" max:"1048576"`
+	RetryMS           int     `yaml:"retry_ms" help:"base of the jittered reconnect hint in close frames and SSE retry:" default:"1000" min:"100" max:"600000"`
+	AcceptRate        float64 `yaml:"accept_rate" help:"new /ws and /sse connections per second (token bucket)" default:"200" min:"1" max:"1000000"`
+	AcceptBurst       int     `yaml:"accept_burst" help:"token bucket size for new connections" default:"500" min:"1" max:"1000000"`
+	DisableWebSocket  bool    `yaml:"disable_websocket" help:"refuse /ws upgrades, as a proxy that blocks WebSocket would (clients fall back to SSE)" default:"false"`
+	ShutdownTimeoutMS int     `yaml:"shutdown_timeout_ms" help:"how long graceful shutdown may take" default:"5000" min:"100" max:"600000"`
+
+	// Feeds come from the config file only. None means one sim feed.
+	Feeds []feeds.Config `yaml:"feeds" flag:"-"`
+}
+
+// SettingError names the setting that is wrong.
+type SettingError struct {
+	Setting string // the config-file key, e.g. "heartbeat_ms"
+	Source  string // "flag --heartbeat-ms", "env TICKSTREAM_HEARTBEAT_MS", "config file x.yaml"
+	Err     error
+}
+
+func (e *SettingError) Error() string {
+	return fmt.Sprintf("setting %s (%s): %v", e.Setting, e.Source, e.Err)
+}
+
+func (e *SettingError) Unwrap() error { return e.Err }
+
+type settingField struct {
+	key, flag, env, help, def string
+	min, max                  string
+	index                     int
+}
+
+func settingFields() []settingField {
+	var out []settingField
+	t := reflect.TypeFor[Settings]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if f.Tag.Get("flag") == "-" {
+			continue
+		}
+		key := f.Tag.Get("yaml")
+		out = append(out, settingField{
+			key:   key,
+			flag:  strings.ReplaceAll(key, "_", "-"),
+			env:   "TICKSTREAM_" + strings.ToUpper(key),
+			help:  f.Tag.Get("help"),
+			def:   f.Tag.Get("default"),
+			min:   f.Tag.Get("min"),
+			max:   f.Tag.Get("max"),
+			index: i,
+		})
+	}
+	return out
+}
+
+// set parses text into the field and checks its range.
+func (sf settingField) set(s *Settings, text string) error {
+	v := reflect.ValueOf(s).Elem().Field(sf.index)
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString(text)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(text)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", text)
+		}
+		v.SetBool(b)
+	case reflect.Int:
+		n, err := strconv.ParseInt(strings.TrimSpace(text), 10, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number", text)
+		}
+		v.SetInt(n)
+	case reflect.Float64:
+		n, err := strconv.ParseFloat(strings.TrimSpace(text), 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a number", text)
+		}
+		v.SetFloat(n)
+	}
+	return sf.check(v)
+}
+
+func (sf settingField) check(v reflect.Value) error {
+	if sf.min == "" {
+		return nil
+	}
+	lo, _ := strconv.ParseFloat(sf.min, 64)
+	hi, _ := strconv.ParseFloat(sf.max, 64)
+	var n float64
+	switch v.Kind() {
+	case reflect.Int:
+		n = float64(v.Int())
+	case reflect.Float64:
+		n = v.Float()
+	}
+	if n < lo || n > hi {
+		return fmt.Errorf("%v is out of range: want %s to %s", n, sf.min, sf.max)
+	}
+	return nil
+}
+
+// ErrHelp is returned by LoadSettings when -h or --help was asked for; the
+// usage has been written.
+var ErrHelp = flag.ErrHelp
+
+// LoadSettings reads settings from args (flags), getenv and the config
+// file named by --config or TICKSTREAM_CONFIG. Usage text goes to usage.
+func LoadSettings(args []string, getenv func(string) string, usage io.Writer) (Settings, error) {
+	var s Settings
+	fields := settingFields()
+	for _, f := range fields {
+		if err := f.set(&s, f.def); err != nil {
+			panic("server: bad default for " + f.key) // a programming error
+		}
+	}
+
+	fs := flag.NewFlagSet("tickstream", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	configPath := fs.String("config", "", "config file (YAML): settings by their snake_case names, and feeds:  [env TICKSTREAM_CONFIG]")
+	flagText := make(map[string]*string, len(fields))
+	for _, f := range fields {
+		flagText[f.key] = fs.String(f.flag, "", fmt.Sprintf("%s (default %q)  [env %s]", f.help, f.def, f.env))
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(usage, "Usage: tickstream [flags]\n       tickstream record --topics A,B --out file.ndjson [--url ws://localhost:8080/ws]\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return s, ErrHelp
+		}
+		return s, err
+	}
+	if fs.NArg() > 0 {
+		return s, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	}
+
+	// The config file, then env, then flags: each overrides the last.
+	path := *configPath
+	if path == "" {
+		path = getenv("TICKSTREAM_CONFIG")
+	}
+	if path != "" {
+		if err := loadFile(&s, path, fields); err != nil {
+			return s, err
+		}
+	}
+	for _, f := range fields {
+		if v := getenv(f.env); v != "" {
+			if err := f.set(&s, v); err != nil {
+				return s, &SettingError{Setting: f.key, Source: "env " + f.env, Err: err}
+			}
+		}
+	}
+	set := make(map[string]bool)
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	for _, f := range fields {
+		if set[f.flag] {
+			if err := f.set(&s, *flagText[f.key]); err != nil {
+				return s, &SettingError{Setting: f.key, Source: "flag --" + f.flag, Err: err}
+			}
+		}
+	}
+	return s, s.validate()
+}
+
+func loadFile(s *Settings, path string, fields []settingField) error {
+	src := "config file " + path
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return &SettingError{Setting: "config", Source: src, Err: err}
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(data)))
+	dec.KnownFields(true)
+	if err := dec.Decode(s); err != nil && !errors.Is(err, io.EOF) {
+		return &SettingError{Setting: "config", Source: src, Err: err}
+	}
+	v := reflect.ValueOf(s).Elem()
+	for _, f := range fields {
+		if err := f.check(v.Field(f.index)); err != nil {
+			return &SettingError{Setting: f.key, Source: src, Err: err}
+		}
+	}
+	for i, fc := range s.Feeds {
+		if fc.Type == "" {
+			return &SettingError{Setting: fmt.Sprintf("feeds[%d].type", i), Source: src, Err: errors.New("missing; want one of " + strings.Join(feeds.DefaultRegistry.Types(), ", "))}
+		}
+	}
+	return nil
+}
+
+func (s *Settings) validate() error {
+	switch s.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return &SettingError{Setting: "log_level", Source: "value " + strconv.Quote(s.LogLevel), Err: errors.New("want debug, info, warn or error")}
+	}
+	switch s.LogFormat {
+	case "text", "json":
+	default:
+		return &SettingError{Setting: "log_format", Source: "value " + strconv.Quote(s.LogFormat), Err: errors.New("want text or json")}
+	}
+	if s.Addr == "" {
+		return &SettingError{Setting: "addr", Source: "value \"\"", Err: errors.New("want host:port, e.g. :8080")}
+	}
+	return nil
+}

@@ -1,0 +1,150 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	fastws "github.com/fasthttp/websocket"
+	"github.com/gofiber/contrib/websocket"
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/tickstream/tickstream/stream"
+)
+
+// wsReadLimit is the hard cap on a client frame: past it the WebSocket
+// library closes the connection (1009). Frames between MaxFrameBytes and
+// this get a frame_too_large error and the connection stays up.
+const wsReadLimit = 1 << 20
+
+// wsBufferPool lends write buffers to connections only while they write,
+// so idle connections hold none.
+var wsBufferPool sync.Pool
+
+func (s *Server) wsUpgrade(c *fiber.Ctx) error {
+	if !websocket.IsWebSocketUpgrade(c) {
+		return apiError(c, fiber.StatusUpgradeRequired, "upgrade_required", "GET /ws must be a WebSocket upgrade; use /sse for plain HTTP")
+	}
+	if s.cfg.DisableWebSocket {
+		return apiError(c, fiber.StatusForbidden, "websocket_disabled", "WebSocket is disabled on this server; use /sse")
+	}
+	if err := s.admit(c); err != nil {
+		return err
+	}
+	return s.wsHandler(c)
+}
+
+func (s *Server) initWS() {
+	s.wsHandler = websocket.New(s.serveWS, websocket.Config{
+		HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize:   4096,
+		WriteBufferSize:  4096,
+		WriteBufferPool:  &wsBufferPool,
+	})
+}
+
+// wsTransport writes a subscriber's batches as one text frame each.
+type wsTransport struct {
+	conn    *fastws.Conn
+	timeout time.Duration
+	buf     []byte
+}
+
+// Batches bigger than this are not kept for reuse, so that one burst does
+// not pin memory to an idle connection.
+const keepBufferBytes = 64 << 10
+
+func (t *wsTransport) WriteBatch(msgs []stream.Message) error {
+	buf := t.buf[:0]
+	for i, m := range msgs {
+		if i > 0 {
+			buf = append(buf, '\n')
+		}
+		buf = append(buf, m.JSON...)
+	}
+	if err := t.conn.SetWriteDeadline(time.Now().Add(t.timeout)); err != nil {
+		return err
+	}
+	err := t.conn.WriteMessage(fastws.TextMessage, buf)
+	if cap(buf) <= keepBufferBytes {
+		t.buf = buf[:0]
+	} else {
+		t.buf = nil
+	}
+	return err
+}
+
+func (t *wsTransport) Heartbeat() error {
+	return t.conn.WriteControl(fastws.PingMessage, nil, time.Now().Add(t.timeout))
+}
+
+func (s *Server) serveWS(c *websocket.Conn) {
+	conn := c.Conn
+	sub, err := s.open("ws")
+	if err != nil {
+		s.closeWS(conn, &stream.Disconnect{Code: fastws.CloseGoingAway, Reason: "server shutting down"})
+		return
+	}
+	defer s.closeStream(sub)
+	hb := s.bus.Config().Heartbeat
+	sub.Send(stream.TypeWelcome, stream.EncodeWelcome(sub.Session(), hb.Milliseconds(), time.Now().UnixMilli()))
+
+	// A client that sends nothing, not even a pong, for two heartbeats is gone.
+	idle := 2 * hb
+	extend := func() { _ = conn.SetReadDeadline(time.Now().Add(idle)) }
+	extend()
+	conn.SetReadLimit(wsReadLimit)
+	conn.SetPongHandler(func(string) error { extend(); return nil })
+
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		err := sub.Deliver(context.Background(), &wsTransport{conn: conn, timeout: s.cfg.WriteTimeout})
+		var d *stream.Disconnect
+		var ne net.Error
+		switch {
+		case errors.As(err, &d):
+			s.closeWS(conn, d)
+		case errors.As(err, &ne) && ne.Timeout():
+			s.bus.Metrics().SlowClose()
+			s.closeWS(conn, stream.DisconnectSlow)
+		case err != nil:
+			_ = conn.Close()
+			return
+		default:
+			return // the reader ended the connection
+		}
+		// Give the client a moment to answer the close frame, then stop
+		// the reader.
+		_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+	}()
+
+	for {
+		typ, msg, err := conn.ReadMessage()
+		if err != nil {
+			break
+		}
+		extend()
+		switch {
+		case len(msg) > s.cfg.MaxFrameBytes:
+			sub.Refuse(nil, stream.CodeFrameTooLarge, "message of "+strconv.Itoa(len(msg))+" bytes; at most "+strconv.Itoa(s.cfg.MaxFrameBytes))
+		case typ != fastws.TextMessage:
+			sub.Refuse(nil, stream.CodeBadJSON, "binary frames are not supported; send JSON text frames")
+		default:
+			_, _ = sub.Handle(msg)
+		}
+	}
+	sub.Close(nil)
+	_ = conn.Close() // unblocks a writer stuck on a dead client
+	<-writerDone
+}
+
+// closeWS sends a close frame whose reason carries a jittered retry hint.
+func (s *Server) closeWS(conn *fastws.Conn, d *stream.Disconnect) {
+	reason := d.Reason + " retry_ms=" + strconv.FormatInt(s.retryHint().Milliseconds(), 10)
+	msg := fastws.FormatCloseMessage(d.Code, reason)
+	_ = conn.WriteControl(fastws.CloseMessage, msg, time.Now().Add(time.Second))
+}
