@@ -304,31 +304,20 @@ func (s *Subscriber) wrote(batch []Message, took time.Duration) {
 }
 
 // Deliver writes the subscriber's messages to t until the subscriber is
-// closed (it returns the close reason, a *Disconnect), t fails (its error)
+// closed (it returns the close reason, a *Disconnect, or ErrClientGone
+// when Close had no reason), t fails (its error)
 // or ctx ends. While lagging, writes are paced at BusConfig.LagThrottle so
 // that updates merge in between.
 func (s *Subscriber) Deliver(ctx context.Context, t Transport) error {
 	hb := time.NewTicker(s.bus.cfg.Heartbeat)
 	defer hb.Stop()
-	var pace *time.Timer
-	defer func() {
-		if pace != nil {
-			pace.Stop()
-		}
-	}()
+	pace := time.NewTimer(s.bus.cfg.LagThrottle)
+	pace.Stop()
+	defer pace.Stop()
 	var batch []Message
 	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-s.done:
-			return s.Err()
-		case <-hb.C:
-			if err := t.Heartbeat(); err != nil {
-				return err
-			}
-			continue
-		case <-s.ready:
+		if err := waitFor(ctx, s, t, hb, s.ready); err != nil {
+			return err
 		}
 		batch = s.drain(batch[:0])
 		if len(batch) == 0 {
@@ -340,28 +329,33 @@ func (s *Subscriber) Deliver(ctx context.Context, t Transport) error {
 		}
 		s.wrote(batch, time.Since(start))
 		clear(batch)
-		if !s.Lagging() {
-			continue
-		}
-		if pace == nil {
-			pace = time.NewTimer(s.bus.cfg.LagThrottle)
-		} else {
+		if s.Lagging() {
 			pace.Reset(s.bus.cfg.LagThrottle)
-		}
-	paced:
-		for {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-s.done:
-				return s.Err()
-			case <-hb.C:
-				if err := t.Heartbeat(); err != nil {
-					return err
-				}
-			case <-pace.C:
-				break paced
+			if err := waitFor(ctx, s, t, hb, pace.C); err != nil {
+				return err
 			}
+		}
+	}
+}
+
+// waitFor waits for ch, sending heartbeats meanwhile. It returns the close
+// reason once the subscriber is closed, ctx's error, or a heartbeat's.
+func waitFor[T any](ctx context.Context, s *Subscriber, t Transport, hb *time.Ticker, ch <-chan T) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.done:
+			if err := s.Err(); err != nil {
+				return err
+			}
+			return ErrClientGone
+		case <-hb.C:
+			if err := t.Heartbeat(); err != nil {
+				return err
+			}
+		case <-ch:
+			return nil
 		}
 	}
 }

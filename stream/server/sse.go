@@ -211,8 +211,11 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 	c.Set("X-Accel-Buffering", "no")
 	conn := c.Context().Conn()
 	hb := s.bus.Config().Heartbeat
+	// The stream writer runs on its own goroutine (fasthttp pipes it to
+	// the connection); conn is only used for write deadlines.
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer s.closeStream(sub)
+		defer func() { _ = conn.SetWriteDeadline(time.Time{}) }() // the connection may be kept alive
 		fmt.Fprintf(w, "retry: %d\n\n", s.retryHint().Milliseconds())
 		sub.Send(stream.TypeWelcome, stream.EncodeWelcome(sub.Session(), hb.Milliseconds(), time.Now().UnixMilli()))
 		if len(req.Topics) > 0 {

@@ -106,16 +106,16 @@ func (s *Server) serveWS(c *websocket.Conn) {
 		var d *stream.Disconnect
 		var ne net.Error
 		switch {
+		case errors.Is(err, stream.ErrClientGone):
+			return // the reader ended the connection
 		case errors.As(err, &d):
 			s.closeWS(conn, d)
 		case errors.As(err, &ne) && ne.Timeout():
 			s.bus.Metrics().SlowClose()
 			s.closeWS(conn, stream.DisconnectSlow)
-		case err != nil:
-			_ = conn.Close()
-			return
 		default:
-			return // the reader ended the connection
+			_ = conn.Close() // the socket failed: wake the reader
+			return
 		}
 		// Give the client a moment to answer the close frame, then stop
 		// the reader.
