@@ -1,6 +1,3 @@
-// Command tickstream streams live market data and dashboard metrics to
-// browsers over WebSocket and SSE. Run it with no flags for the built-in
-// simulator and the dashboard at http://localhost:8080/.
 package main
 
 import (
