@@ -290,10 +290,7 @@ func (b *Bus) unsubscribePattern(s *Subscriber, prefix string) {
 // joinNew adds s to a topic that was just created (called with b.mu held,
 // before the topic's first tick, so no snapshot is needed).
 func (s *Subscriber) joinNew(t *topic, interval time.Duration, via string) {
-	m := t.join(s, interval, nil, via)
-	s.subMu.Lock()
-	s.members[t.name] = m
-	s.subMu.Unlock()
+	s.keep(t.join(s, interval, nil, via))
 }
 
 // NewSubscriber registers a subscriber for one connection of transport
@@ -331,6 +328,7 @@ func (b *Bus) release(s *Subscriber) {
 		b.metrics.conns.WithLabelValues(s.transport).Dec()
 	}
 	s.subMu.Lock()
+	s.released = true
 	members := s.members
 	s.members = make(map[string]*membership)
 	clear(s.patterns)

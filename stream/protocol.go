@@ -209,15 +209,24 @@ func (s *Subscriber) join(t *topic, interval time.Duration, resume map[string]Cu
 	if c, ok := resume[t.name]; ok {
 		cur = &c
 	}
-	m := t.join(s, interval, cur, via)
+	s.keep(t.join(s, interval, cur, via))
+}
+
+// keep records a new membership. If the subscriber was released in the
+// meantime, or a concurrent join of the same topic got there first, the
+// membership that is not kept leaves its group.
+func (s *Subscriber) keep(m *membership) {
 	s.subMu.Lock()
-	old := s.members[t.name]
-	s.members[t.name] = m
+	drop := m
+	if !s.released {
+		drop = s.members[m.topic.name]
+		s.members[m.topic.name] = m
+	}
 	s.subMu.Unlock()
-	if old != nil { // a concurrent join won the race: keep only ours
-		old.topic.mu.Lock()
-		old.topic.remove(old)
-		old.topic.mu.Unlock()
+	if drop != nil {
+		drop.topic.mu.Lock()
+		drop.topic.remove(drop)
+		drop.topic.mu.Unlock()
 	}
 }
 

@@ -57,6 +57,7 @@ type Subscriber struct {
 	done      chan struct{} // closed by close
 
 	subMu    sync.Mutex
+	released bool // set by Bus.release: no new memberships after it
 	members  map[string]*membership
 	patterns map[string]time.Duration
 	errLevel float64 // protocol-error budget spent, leaks 1 per second

@@ -190,11 +190,13 @@ func (t *topic) remove(m *membership) {
 		g.members = g.members[:last]
 	}
 	m.index = -1
-	if len(g.members) == 0 && !g.hasJoiners() {
+	if len(g.members) == 0 && !g.hasJoiners() && !g.removed {
 		g.removed = true
 		g.win = window{}
 		g.joins = nil
-		delete(t.groups, g.interval)
+		if t.groups[g.interval] == g {
+			delete(t.groups, g.interval)
+		}
 	}
 }
 
