@@ -149,10 +149,20 @@ func (s *Subscriber) subscribe(msg clientMessage) (Result, error) {
 		}
 	}
 	s.subMu.Lock()
-	have := len(s.members) + len(s.patterns)
+	have, fresh := len(s.members)+len(s.patterns), 0
+	for _, name := range msg.Topics {
+		p, isPattern := pattern(name)
+		if _, ok := s.patterns[p]; isPattern && ok {
+			continue
+		}
+		if _, ok := s.members[name]; !isPattern && ok {
+			continue
+		}
+		fresh++
+	}
 	s.subMu.Unlock()
-	if have+len(msg.Topics) > cfg.MaxTopicsPerSubscriber {
-		return res, s.Refuse(msg.ID, CodeTooManyTopics, fmt.Sprintf("%d topics subscribed and %d asked for: at most %d per connection", have, len(msg.Topics), cfg.MaxTopicsPerSubscriber))
+	if have+fresh > cfg.MaxTopicsPerSubscriber {
+		return res, s.Refuse(msg.ID, CodeTooManyTopics, fmt.Sprintf("%d topics subscribed and %d more asked for: at most %d per connection", have, fresh, cfg.MaxTopicsPerSubscriber))
 	}
 	var exact []*topic
 	var patterns []string
