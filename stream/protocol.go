@@ -149,7 +149,13 @@ func (s *Subscriber) subscribe(msg clientMessage) (Result, error) {
 		}
 	}
 	s.subMu.Lock()
-	have, fresh := len(s.members)+len(s.patterns), 0
+	// Count what the client named: patterns, not the topics they expand to.
+	have, fresh := len(s.patterns), 0
+	for _, m := range s.members {
+		if m.via == "" {
+			have++
+		}
+	}
 	for _, name := range msg.Topics {
 		p, isPattern := pattern(name)
 		if _, ok := s.patterns[p]; isPattern && ok {
