@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -206,7 +207,7 @@ func loadFile(s *Settings, path string, fields []settingField) error {
 	dec := yaml.NewDecoder(strings.NewReader(string(data)))
 	dec.KnownFields(true)
 	if err := dec.Decode(s); err != nil && !errors.Is(err, io.EOF) {
-		return &SettingError{Setting: "config", Source: src, Err: err}
+		return fileError(src, err)
 	}
 	v := reflect.ValueOf(s).Elem()
 	for _, f := range fields {
@@ -237,4 +238,19 @@ func (s *Settings) validate() error {
 		return &SettingError{Setting: "addr", Source: "value \"\"", Err: errors.New("want host:port, e.g. :8080")}
 	}
 	return nil
+}
+
+var unknownKey = regexp.MustCompile(`^line (\d+): field (\S+) not found`)
+
+// fileError turns a YAML error into one line naming the setting.
+func fileError(src string, err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) && len(te.Errors) > 0 {
+		first := te.Errors[0]
+		if m := unknownKey.FindStringSubmatch(first); m != nil {
+			return &SettingError{Setting: m[2], Source: src + " line " + m[1], Err: errors.New("unknown setting (see --help for the list)")}
+		}
+		return &SettingError{Setting: "config", Source: src, Err: errors.New(strings.Join(te.Errors, "; "))}
+	}
+	return &SettingError{Setting: "config", Source: src, Err: errors.New(strings.ReplaceAll(err.Error(), "\n", " "))}
 }
