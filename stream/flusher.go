@@ -45,6 +45,17 @@ func (f *flusher) add(g *group) {
 
 func (f *flusher) run() {
 	defer f.bus.wg.Done()
+	// Align windows to multiples of the interval on the wall clock, so that
+	// with live feeds (source time ≈ accept time) a window rarely straddles
+	// a candle boundary and charts folding agg into bars stay exact.
+	align := time.NewTimer(time.Until(time.Now().Truncate(f.interval).Add(f.interval)))
+	select {
+	case <-f.quit:
+		align.Stop()
+		return
+	case <-align.C:
+	}
+	f.flush()
 	tk := time.NewTicker(f.interval)
 	defer tk.Stop()
 	for {
