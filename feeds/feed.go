@@ -148,6 +148,8 @@ const (
 	StateRestarting State = "restarting"
 	StateFailed     State = "failed"
 	StateStopped    State = "stopped"
+	// StateStandby is a backup feed waiting for its primary to go down.
+	StateStandby State = "standby"
 )
 
 // Status is what /api/feeds shows for one feed.
@@ -164,6 +166,14 @@ type Status struct {
 	Backup string `json:"backup,omitempty"`
 	// ActiveBackup is true while this feed's backup is standing in for it.
 	ActiveBackup bool `json:"backup_active,omitempty"`
+	// StandsInFor lists the primaries a running backup feed is covering.
+	StandsInFor []string `json:"stands_in_for,omitempty"`
+	// Failures counts consecutive failed runs; it resets when the feed is
+	// up again (it published, or ran a while without error).
+	Failures int `json:"failures,omitempty"`
+	// External is true for a passive feed (e.g. HTTP publish) that the
+	// supervisor counts but does not run.
+	External bool `json:"external,omitempty"`
 }
 
 // StatusReporter is what the HTTP server needs from whoever runs the feeds.

@@ -26,7 +26,7 @@ func main() {
 
 func run(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "record" {
-		return record(ctx, args[1:])
+		return runRecord(ctx, args[1:])
 	}
 	return server.Run(ctx, args)
 }

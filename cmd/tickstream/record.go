@@ -5,13 +5,16 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
+
+	"github.com/tickstream/tickstream/feeds/record"
 )
 
-// record runs `tickstream record`: subscribe to a running server and write
+// runRecord runs `tickstream record`: subscribe to a running server and write
 // every tick in the replay format.
-func record(ctx context.Context, args []string) error {
+func runRecord(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("tickstream record", flag.ContinueOnError)
 	topics := fs.String("topics", "", "comma-separated topics or patterns to record (required), e.g. BTC-USD,ETH-USD or crypto.*")
 	out := fs.String("out", "", "NDJSON file to write (required; - for standard output)")
@@ -32,9 +35,12 @@ func record(ctx context.Context, args []string) error {
 		defer f.Close()
 		w = f
 	}
-	_ = strings.Split(*topics, ",")
-	_ = url
-	_ = w
-	_ = ctx
-	return errors.New("record: not wired yet")
+	var list []string
+	for _, t := range strings.Split(*topics, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			list = append(list, t)
+		}
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	return record.Run(ctx, record.Options{URL: *url, Topics: list, Out: w, Logger: log})
 }

@@ -75,7 +75,7 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 	if len(feedConfigs) == 0 {
 		feedConfigs = []feeds.Config{{Name: "sim", Type: "sim"}}
 	}
-	sup, err := newSupervisor(feeds.SupervisorConfig{
+	sup, err := feeds.NewSupervisor(feeds.SupervisorConfig{
 		Feeds:      feedConfigs,
 		Sink:       bus.Sink,
 		Registerer: reg,

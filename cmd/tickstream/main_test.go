@@ -1,0 +1,214 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// checkFor polls fn every interval until it returns nil, failing the test
+// with fn's last error once total has passed.
+func checkFor(t testing.TB, total, every time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	var err error
+	for {
+		if err = fn(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(every)
+	}
+	t.Fatalf("still failing after %v: %v", total, err)
+}
+
+// buildCommand builds the tickstream command into a temporary directory.
+func buildCommand(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the command")
+	}
+	bin := filepath.Join(t.TempDir(), "tickstream")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// syncBuffer is a bytes.Buffer safe for the command's output goroutine.
+type syncBuffer struct {
+	mu  chan struct{}
+	buf bytes.Buffer
+}
+
+func newSyncBuffer() *syncBuffer { return &syncBuffer{mu: make(chan struct{}, 1)} }
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu <- struct{}{}
+	defer func() { <-b.mu }()
+	return b.buf.Write(p)
+}
+func (b *syncBuffer) String() string {
+	b.mu <- struct{}{}
+	defer func() { <-b.mu }()
+	return b.buf.String()
+}
+
+func TestCommand(t *testing.T) {
+	t.Parallel()
+	bin := buildCommand(t)
+
+	t.Run("serves the simulator and stops on SIGTERM", func(t *testing.T) {
+		t.Parallel()
+		addr := freeAddr(t)
+		cmd := exec.Command(bin, "--addr", addr, "--heartbeat-ms", "500")
+		stderr := newSyncBuffer()
+		cmd.Stderr = stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		var exitErr error
+		go func() { exitErr = cmd.Wait(); close(exited) }()
+		t.Cleanup(func() {
+			select {
+			case <-exited:
+			default:
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+		})
+		client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
+		defer client.CloseIdleConnections()
+		base := "http://" + addr
+
+		// /api/topics fills with the simulator's symbols.
+		checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+			resp, err := client.Get(base + "/api/topics")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			var topics []struct {
+				Topic string `json:"topic"`
+				Seq   uint64 `json:"seq"`
+			}
+			if err := json.NewDecoder(resp.Body).Decode(&topics); err != nil {
+				return err
+			}
+			names := map[string]bool{}
+			for _, tp := range topics {
+				if tp.Seq > 0 {
+					names[tp.Topic] = true
+				}
+			}
+			for _, want := range []string{"BTC-USD", "ETH-USD", "AAPL"} {
+				if !names[want] {
+					return fmt.Errorf("no ticks of %s yet in %v", want, topics)
+				}
+			}
+			return nil
+		})
+
+		// An SSE client (curl -N) gets live updates.
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/sse?topics=BTC-USD&throttle_ms=0", nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ct := resp.Header.Get("Content-Type"); resp.StatusCode != 200 || !strings.HasPrefix(ct, "text/event-stream") {
+			t.Fatalf("/sse: %d %s", resp.StatusCode, ct)
+		}
+		sc := bufio.NewScanner(resp.Body)
+		updates := 0
+		for updates < 3 && sc.Scan() {
+			if line := sc.Text(); strings.HasPrefix(line, "data: ") && strings.Contains(line, `"type":"update"`) {
+				updates++
+			}
+		}
+		if updates < 3 {
+			t.Fatalf("got %d SSE updates: %v", updates, sc.Err())
+		}
+
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		// The open SSE stream ends with a retry: hint.
+		var last string
+		for sc.Scan() {
+			if l := sc.Text(); l != "" {
+				last = l
+			}
+		}
+		resp.Body.Close()
+		if !strings.HasPrefix(last, "retry: ") {
+			t.Errorf("SSE stream ended with %q, want a retry: line", last)
+		}
+		select {
+		case <-exited:
+			if exitErr != nil {
+				t.Errorf("exit after SIGTERM: %v\n%s", exitErr, stderr)
+			}
+		case <-time.After(8 * time.Second):
+			t.Fatalf("still running 8 s after SIGTERM\n%s", stderr)
+		}
+	})
+
+	t.Run("bad setting", func(t *testing.T) {
+		t.Parallel()
+		tests := []struct {
+			name string
+			args []string
+			env  []string
+			want string
+		}{
+			{"flag", []string{"--heartbeat-ms", "abc"}, nil, "heartbeat_ms"},
+			{"env", nil, []string{"TICKSTREAM_HEARTBEAT_MS=abc"}, "heartbeat_ms"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				t.Parallel()
+				ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+				defer cancel()
+				cmd := exec.CommandContext(ctx, bin, append([]string{"--addr", "127.0.0.1:0"}, tt.args...)...)
+				cmd.Env = append(cmd.Environ(), tt.env...)
+				var stdout, stderr bytes.Buffer
+				cmd.Stdout, cmd.Stderr = &stdout, &stderr
+				err := cmd.Run()
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+					t.Fatalf("exit %v, want a non-zero exit code", err)
+				}
+				out := strings.TrimRight(stderr.String(), "\n")
+				if strings.Contains(out, "\n") || !strings.Contains(out, tt.want) {
+					t.Errorf("stderr %q: want one line naming %s", out, tt.want)
+				}
+			})
+		}
+	})
+}

@@ -1,0 +1,456 @@
+package websocket
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tickstream/tickstream/feeds"
+)
+
+// mapper turns one exchange message into ticks, appended to ticks. A
+// message of a kind the mapper does not use (order-book deltas,
+// subscription acks, heartbeats) gives no tick and no error. An
+// *ExchangeError means the exchange refused us (bad subscription).
+type mapper interface {
+	mapMessage(msg []byte, now time.Time, ticks []feeds.Tick) ([]feeds.Tick, error)
+}
+
+// ExchangeError is an error message sent by the exchange, such as a
+// refused subscription. The feed fails with it and is restarted.
+type ExchangeError struct {
+	Message string
+}
+
+func (e *ExchangeError) Error() string { return "websocket: exchange error: " + e.Message }
+
+// errNotJSON is returned for a message that is not a JSON object.
+var errNotJSON = errors.New("websocket: message is not a JSON object")
+
+// number reads a JSON number or a decimal string (exchanges send prices
+// as strings to keep them exact).
+func number(raw json.RawMessage) (float64, error) {
+	s := string(bytes.TrimSpace(raw))
+	if len(s) >= 2 && s[0] == '"' {
+		var str string
+		if err := json.Unmarshal(raw, &str); err != nil {
+			return 0, err
+		}
+		s = strings.TrimSpace(str)
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, fmt.Errorf("%s is not a finite number", raw)
+	}
+	return v, nil
+}
+
+// fieldSet appends a field read from raw if raw is present and not null.
+func fieldSet(t *feeds.Tick, name string, raw json.RawMessage) error {
+	if len(raw) == 0 || string(raw) == "null" || string(raw) == `""` {
+		return nil
+	}
+	v, err := number(raw)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	t.Fields = append(t.Fields, feeds.Field{Name: name, Value: v})
+	return nil
+}
+
+// coinbase maps the Coinbase Exchange feed (ws-feed.exchange.coinbase.com):
+// ticker → price, size (last_size), bid, ask, bid_size, ask_size, volume
+// (volume_24h); match and last_match → price, size. ts is the message
+// time.
+type coinbase struct{}
+
+type coinbaseMessage struct {
+	Type        string          `json:"type"`
+	ProductID   string          `json:"product_id"`
+	Price       json.RawMessage `json:"price"`
+	Size        json.RawMessage `json:"size"`
+	LastSize    json.RawMessage `json:"last_size"`
+	BestBid     json.RawMessage `json:"best_bid"`
+	BestAsk     json.RawMessage `json:"best_ask"`
+	BestBidSize json.RawMessage `json:"best_bid_size"`
+	BestAskSize json.RawMessage `json:"best_ask_size"`
+	Volume24h   json.RawMessage `json:"volume_24h"`
+	Time        string          `json:"time"`
+	Message     string          `json:"message"`
+	Reason      string          `json:"reason"`
+}
+
+func (coinbase) mapMessage(msg []byte, now time.Time, ticks []feeds.Tick) ([]feeds.Tick, error) {
+	var m coinbaseMessage
+	if err := json.Unmarshal(msg, &m); err != nil {
+		return ticks, errNotJSON
+	}
+	t := feeds.Tick{Topic: m.ProductID}
+	var pairs [][2]any
+	switch m.Type {
+	case "ticker":
+		pairs = [][2]any{
+			{feeds.FieldPrice, m.Price}, {feeds.FieldSize, m.LastSize},
+			{feeds.FieldBid, m.BestBid}, {feeds.FieldAsk, m.BestAsk},
+			{feeds.FieldBidSize, m.BestBidSize}, {feeds.FieldAskSize, m.BestAskSize},
+			{feeds.FieldVolume, m.Volume24h},
+		}
+	case "match", "last_match":
+		pairs = [][2]any{{feeds.FieldPrice, m.Price}, {feeds.FieldSize, m.Size}}
+	case "error":
+		return ticks, &ExchangeError{Message: strings.TrimSpace(m.Message + " " + m.Reason)}
+	default:
+		return ticks, nil
+	}
+	for _, p := range pairs {
+		if err := fieldSet(&t, p[0].(string), p[1].(json.RawMessage)); err != nil {
+			return ticks, err
+		}
+	}
+	if len(t.Fields) == 0 {
+		return ticks, nil
+	}
+	t.TS = now.UnixMilli()
+	if m.Time != "" {
+		tm, err := time.Parse(time.RFC3339Nano, m.Time)
+		if err != nil {
+			return ticks, fmt.Errorf("time: %w", err)
+		}
+		t.TS = tm.UnixMilli()
+	}
+	return append(ticks, t), nil
+}
+
+// binance maps Binance spot and futures streams, raw or in the combined
+// envelope {"stream":…,"data":…}: trade and aggTrade → price, size with
+// ts = trade time T; bookTicker → bid, ask, bid_size, ask_size with ts = T
+// if sent (futures) or the receive time (spot sends none).
+type binance struct{}
+
+func (binance) mapMessage(msg []byte, now time.Time, ticks []feeds.Tick) ([]feeds.Tick, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(msg, &m); err != nil || m == nil {
+		return ticks, errNotJSON
+	}
+	if data, ok := m["data"]; ok && m["stream"] != nil {
+		m = nil
+		if err := json.Unmarshal(data, &m); err != nil || m == nil {
+			return ticks, errNotJSON
+		}
+	}
+	if code, ok := m["code"]; ok && m["msg"] != nil {
+		var text string
+		_ = json.Unmarshal(m["msg"], &text)
+		return ticks, &ExchangeError{Message: fmt.Sprintf("%s (code %s)", text, code)}
+	}
+	var event string
+	if e, ok := m["e"]; ok {
+		_ = json.Unmarshal(e, &event)
+	} else if m["u"] != nil && m["b"] != nil && m["a"] != nil && m["B"] != nil {
+		event = "bookTicker" // spot bookTicker has no "e"
+	}
+	var t feeds.Tick
+	if err := json.Unmarshal(m["s"], &t.Topic); err != nil && event != "" {
+		return ticks, fmt.Errorf("s: %w", err)
+	}
+	var pairs [][2]any
+	switch event {
+	case "trade", "aggTrade":
+		pairs = [][2]any{{feeds.FieldPrice, "p"}, {feeds.FieldSize, "q"}}
+	case "bookTicker":
+		pairs = [][2]any{{feeds.FieldBid, "b"}, {feeds.FieldAsk, "a"}, {feeds.FieldBidSize, "B"}, {feeds.FieldAskSize, "A"}}
+	default:
+		return ticks, nil
+	}
+	for _, p := range pairs {
+		if err := fieldSet(&t, p[0].(string), m[p[1].(string)]); err != nil {
+			return ticks, err
+		}
+	}
+	t.TS = now.UnixMilli()
+	if raw, ok := m["T"]; ok {
+		ts, err := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil || ts < 0 {
+			return ticks, fmt.Errorf("T: %s is not Unix milliseconds", raw)
+		}
+		t.TS = ts
+	}
+	return append(ticks, t), nil
+}
+
+// GenericOptions map any JSON message to a tick with JSON paths: "$" is
+// the message, ".key" selects an object member and "[n]" an array element,
+// e.g. "$.data.p" or "$.c[0]".
+type GenericOptions struct {
+	// Topic is a JSON path to the topic, or, if it does not start with
+	// "$", a fixed topic. Required.
+	Topic string `yaml:"topic"`
+	// TS is a JSON path to the source time. Zero value means the receive
+	// time.
+	TS string `yaml:"ts"`
+	// TSUnit is the unit of TS: s, ms, us, ns or rfc3339. Zero value
+	// means ms.
+	TSUnit string `yaml:"ts_unit"`
+	// Fields maps tick field names to JSON paths. Required.
+	Fields map[string]string `yaml:"fields"`
+	// Match keeps only messages where each path has the given value
+	// (compared as text), e.g. {"$.e": trade}. Zero value means every
+	// message with a topic and at least one field.
+	Match map[string]string `yaml:"match"`
+}
+
+type generic struct {
+	topic      path
+	fixedTopic string
+	ts         path
+	unit       string
+	fields     []namedPath // in tick field order
+	match      []matchRule
+}
+
+type namedPath struct {
+	name string
+	p    path
+}
+
+type matchRule struct {
+	p    path
+	want string
+}
+
+func newGeneric(o GenericOptions) (*generic, error) {
+	g := &generic{unit: cmpOr(o.TSUnit, "ms")}
+	var err error
+	switch {
+	case o.Topic == "":
+		return nil, errors.New("generic.topic: missing; give a JSON path like $.s or a fixed topic")
+	case strings.HasPrefix(o.Topic, "$"):
+		if g.topic, err = parsePath(o.Topic); err != nil {
+			return nil, fmt.Errorf("generic.topic: %w", err)
+		}
+	case !feeds.ValidTopic(o.Topic):
+		return nil, fmt.Errorf("generic.topic: %q is neither a JSON path nor a valid topic", o.Topic)
+	default:
+		g.fixedTopic = o.Topic
+	}
+	if o.TS != "" {
+		if g.ts, err = parsePath(o.TS); err != nil {
+			return nil, fmt.Errorf("generic.ts: %w", err)
+		}
+	}
+	switch g.unit {
+	case "s", "ms", "us", "ns", "rfc3339":
+	default:
+		return nil, fmt.Errorf("generic.ts_unit: %q: want s, ms, us, ns or rfc3339", o.TSUnit)
+	}
+	if len(o.Fields) == 0 {
+		return nil, errors.New("generic.fields: missing; map field names to JSON paths, e.g. {price: $.p}")
+	}
+	for name, ps := range o.Fields {
+		if !feeds.ValidFieldName(name) {
+			return nil, fmt.Errorf("generic.fields: %q is not a valid field name", name)
+		}
+		p, err := parsePath(ps)
+		if err != nil {
+			return nil, fmt.Errorf("generic.fields.%s: %w", name, err)
+		}
+		g.fields = append(g.fields, namedPath{name, p})
+	}
+	slices.SortFunc(g.fields, func(a, b namedPath) int { return compareFields(a.name, b.name) })
+	for ps, want := range o.Match {
+		p, err := parsePath(ps)
+		if err != nil {
+			return nil, fmt.Errorf("generic.match: %w", err)
+		}
+		g.match = append(g.match, matchRule{p, want})
+	}
+	return g, nil
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// compareFields orders market fields first, in their wire order, then
+// custom fields by name, as feeds.ParseTick does.
+func compareFields(a, b string) int {
+	rank := func(s string) int {
+		if i := slices.Index(feeds.MarketFields, s); i >= 0 {
+			return i
+		}
+		return len(feeds.MarketFields)
+	}
+	if ra, rb := rank(a), rank(b); ra != rb {
+		return ra - rb
+	}
+	return strings.Compare(a, b)
+}
+
+func (g *generic) mapMessage(msg []byte, now time.Time, ticks []feeds.Tick) ([]feeds.Tick, error) {
+	dec := json.NewDecoder(bytes.NewReader(msg))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return ticks, errNotJSON
+	}
+	for _, r := range g.match {
+		got, ok := r.p.eval(v)
+		if !ok || text(got) != r.want {
+			return ticks, nil
+		}
+	}
+	t := feeds.Tick{Topic: g.fixedTopic}
+	if g.topic != nil {
+		got, ok := g.topic.eval(v)
+		if !ok {
+			return ticks, nil
+		}
+		t.Topic = text(got)
+	}
+	for _, f := range g.fields {
+		got, ok := f.p.eval(v)
+		if !ok || got == nil {
+			continue
+		}
+		x, err := strconv.ParseFloat(text(got), 64)
+		if err != nil || math.IsNaN(x) || math.IsInf(x, 0) {
+			return ticks, fmt.Errorf("%s: %q is not a finite number", f.name, text(got))
+		}
+		t.Fields = append(t.Fields, feeds.Field{Name: f.name, Value: x})
+	}
+	if len(t.Fields) == 0 {
+		return ticks, nil
+	}
+	t.TS = now.UnixMilli()
+	if g.ts != nil {
+		got, ok := g.ts.eval(v)
+		if !ok {
+			return ticks, errors.New("ts: missing")
+		}
+		ts, err := parseTS(text(got), g.unit)
+		if err != nil {
+			return ticks, fmt.Errorf("ts: %w", err)
+		}
+		t.TS = ts
+	}
+	return append(ticks, t), nil
+}
+
+// text renders a decoded JSON scalar as text.
+func text(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case json.Number:
+		return x.String()
+	case bool:
+		return strconv.FormatBool(x)
+	case nil:
+		return ""
+	}
+	return fmt.Sprint(v)
+}
+
+func parseTS(s, unit string) (int64, error) {
+	if unit == "rfc3339" {
+		tm, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return 0, err
+		}
+		return tm.UnixMilli(), nil
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+		return 0, fmt.Errorf("%q is not a timestamp", s)
+	}
+	if i, err := strconv.ParseInt(s, 10, 64); err == nil {
+		switch unit {
+		case "ms":
+			return i, nil
+		case "us":
+			return i / 1e3, nil
+		case "ns":
+			return i / 1e6, nil
+		}
+	}
+	ms := map[string]float64{"s": v * 1e3, "ms": v, "us": v / 1e3, "ns": v / 1e6}[unit]
+	if ms > 1<<53 {
+		return 0, fmt.Errorf("%q is out of range", s)
+	}
+	return int64(math.Round(ms)), nil
+}
+
+// path is a parsed JSON path: each step is a string (object key) or an
+// int (array index).
+type path []any
+
+func parsePath(s string) (path, error) {
+	if !strings.HasPrefix(s, "$") {
+		return nil, fmt.Errorf("%q: a JSON path starts with $", s)
+	}
+	rest := s[1:]
+	p := path{}
+	for rest != "" {
+		switch rest[0] {
+		case '.':
+			rest = rest[1:]
+			end := strings.IndexAny(rest, ".[")
+			if end < 0 {
+				end = len(rest)
+			}
+			if end == 0 {
+				return nil, fmt.Errorf("%q: empty key", s)
+			}
+			p = append(p, rest[:end])
+			rest = rest[end:]
+		case '[':
+			end := strings.IndexByte(rest, ']')
+			if end < 0 {
+				return nil, fmt.Errorf("%q: missing ]", s)
+			}
+			inner := rest[1:end]
+			if n, err := strconv.Atoi(inner); err == nil && n >= 0 {
+				p = append(p, n)
+			} else if len(inner) >= 2 && (inner[0] == '\'' || inner[0] == '"') && inner[len(inner)-1] == inner[0] {
+				p = append(p, inner[1:len(inner)-1]) // ['key with.dots']
+			} else {
+				return nil, fmt.Errorf("%q: bad index [%s]", s, inner)
+			}
+			rest = rest[end+1:]
+		default:
+			return nil, fmt.Errorf("%q: unexpected %q", s, rest[0])
+		}
+	}
+	return p, nil
+}
+
+func (p path) eval(v any) (any, bool) {
+	for _, step := range p {
+		switch k := step.(type) {
+		case string:
+			m, ok := v.(map[string]any)
+			if !ok {
+				return nil, false
+			}
+			if v, ok = m[k]; !ok {
+				return nil, false
+			}
+		case int:
+			a, ok := v.([]any)
+			if !ok || k >= len(a) {
+				return nil, false
+			}
+			v = a[k]
+		}
+	}
+	return v, true
+}
