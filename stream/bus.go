@@ -247,6 +247,10 @@ func (b *Bus) topicFor(name string) (*topic, error) {
 // and later.
 func (b *Bus) subscribePattern(s *Subscriber, prefix string, interval time.Duration, resume map[string]Cursor) {
 	b.mu.Lock()
+	if _, open := b.subs[s]; !open { // released: it must not join new topics
+		b.mu.Unlock()
+		return
+	}
 	ps := b.patterns[s]
 	if ps == nil {
 		ps = make(map[string]time.Duration)
@@ -261,7 +265,9 @@ func (b *Bus) subscribePattern(s *Subscriber, prefix string, interval time.Durat
 	}
 	b.mu.Unlock()
 	s.subMu.Lock()
-	s.patterns[prefix] = interval
+	if !s.released {
+		s.patterns[prefix] = interval
+	}
 	s.subMu.Unlock()
 	sort.Slice(matched, func(i, j int) bool { return matched[i].name < matched[j].name })
 	for _, t := range matched {

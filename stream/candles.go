@@ -102,7 +102,7 @@ func foldBar(b *Candle, price, size float64) {
 // last returns up to limit newest bars, oldest first.
 func (r *candleRing) last(limit int) []Candle {
 	total := r.n()
-	n := min(limit, total)
+	n := max(0, min(limit, total)) // a negative limit means none
 	out := make([]Candle, 0, n)
 	for i := total - n; i < total; i++ {
 		out = append(out, *r.at(i))

@@ -104,8 +104,15 @@ func encodeError(id json.RawMessage, code, message string) []byte {
 	b = append(b, `,"code":`...)
 	b = strconv.AppendQuote(b, code)
 	b = append(b, `,"message":`...)
-	b = strconv.AppendQuote(b, message)
-	return append(b, '}')
+	return append(appendString(b, message), '}')
+}
+
+// appendString appends s as a JSON string. strconv.AppendQuote is not
+// enough for text from outside (Refuse's message): its \x01 and
+// \U0001xxxx escapes are Go syntax, not JSON.
+func appendString(b []byte, s string) []byte {
+	q, _ := json.Marshal(s) // a string always marshals
+	return append(b, q...)
 }
 
 func encodePong(id json.RawMessage) []byte {

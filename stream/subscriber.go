@@ -293,6 +293,24 @@ func (s *Subscriber) wrote(batch []Message, took time.Duration) {
 	} else {
 		s.quick = 0
 	}
+	s.catchUpLocked()
+}
+
+// idlePace records a pace after which nothing was queued, and reports
+// whether the subscriber is still lagging with nothing to write.
+func (s *Subscriber) idlePace() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.lagging || s.closed || len(s.queue) > 0 {
+		return false
+	}
+	s.quick++
+	s.catchUpLocked()
+	return s.lagging
+}
+
+// catchUpLocked ends lagging after catchUpWrites quick writes in a row.
+func (s *Subscriber) catchUpLocked() {
 	if s.quick >= catchUpWrites {
 		s.lagging = false
 		s.bus.metrics.lagging.Add(-1)
@@ -330,10 +348,16 @@ func (s *Subscriber) Deliver(ctx context.Context, t Transport) error {
 		}
 		s.wrote(batch, time.Since(start))
 		clear(batch)
-		if s.Lagging() {
+		// While lagging, writes are paced; a pace with nothing to write
+		// counts as a quick write, so that a client that has drained
+		// everything is told it caught up even when no more ticks come.
+		for s.Lagging() {
 			pace.Reset(s.bus.cfg.LagThrottle)
 			if err := waitFor(ctx, s, t, hb, pace.C); err != nil {
 				return err
+			}
+			if !s.idlePace() {
+				break
 			}
 		}
 	}

@@ -26,7 +26,7 @@ func queryInt(c *fiber.Ctx, name string, def, lo, hi int64) (int64, error) {
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || n < lo || n > hi {
-		return 0, apiError(c, fiber.StatusBadRequest, "bad_request", fmt.Sprintf("%s=%q: want a whole number from %d to %d", name, v, lo, hi))
+		return 0, answered(apiError(c, fiber.StatusBadRequest, "bad_request", fmt.Sprintf("%s=%q: want a whole number from %d to %d", name, v, lo, hi)))
 	}
 	return n, nil
 }
@@ -34,7 +34,7 @@ func queryInt(c *fiber.Ctx, name string, def, lo, hi int64) (int64, error) {
 func (s *Server) topicParam(c *fiber.Ctx) (string, error) {
 	t := c.Query("topic")
 	if !feeds.ValidTopic(t) {
-		return "", apiError(c, fiber.StatusBadRequest, stream.CodeBadTopic, fmt.Sprintf("topic=%q: want 1-128 characters of [A-Za-z0-9._:/-]", t))
+		return "", answered(apiError(c, fiber.StatusBadRequest, stream.CodeBadTopic, fmt.Sprintf("topic=%q: want 1-128 characters of [A-Za-z0-9._:/-]", t)))
 	}
 	return t, nil
 }

@@ -31,6 +31,10 @@ func TestMain(m *testing.M) {
 		// fasthttp refreshes its cached Date header from a goroutine it
 		// starts once per process and never stops; it is library-owned.
 		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.updateServerDate.func1"),
+		// fasthttp's worker-pool cleaner sleeps MaxIdleWorkerDuration (10 s)
+		// between rounds and only notices Stop when it wakes: it is
+		// library-owned and ends on its own.
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*workerPool).Start.func2"),
 	)
 }
 
@@ -69,6 +73,29 @@ type env struct {
 // before they are used.
 func startServer(t testing.TB, mod func(*stream.BusConfig, *server.Config)) *env {
 	t.Helper()
+	return startServerSndBuf(t, 0, mod)
+}
+
+// sndBufListener sets SO_SNDBUF on accepted connections, which also turns
+// off the kernel's send-buffer autotuning (up to 4 MiB): a slow client's
+// backlog then sits in the server's queue, where the bus can see it.
+type sndBufListener struct {
+	net.Listener
+	size int
+}
+
+func (l sndBufListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(l.size)
+	}
+	return c, err
+}
+
+// startServerSndBuf is startServer with SO_SNDBUF sndBuf on the server's
+// sockets (0: the system default).
+func startServerSndBuf(t testing.TB, sndBuf int, mod func(*stream.BusConfig, *server.Config)) *env {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	bc := stream.BusConfig{
 		Heartbeat:       5 * time.Second,
@@ -92,6 +119,9 @@ func startServer(t testing.TB, mod func(*stream.BusConfig, *server.Config)) *env
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
+	}
+	if sndBuf > 0 {
+		ln = sndBufListener{Listener: ln, size: sndBuf}
 	}
 	e := &env{
 		t: t, bus: bus, srv: srv, reg: reg, addr: ln.Addr().String(),
@@ -162,25 +192,42 @@ func (e *env) post(path, contentType string, body []byte, out any) (int, []byte)
 
 func (e *env) do(method, path, contentType string, body []byte, out any) (int, []byte) {
 	e.t.Helper()
+	return e.doT(e.t, method, path, contentType, body, out)
+}
+
+func decodeJSON(resp *http.Response, out any) error {
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("body %q: %w", raw, err)
+	}
+	return nil
+}
+
+// doT is do reporting to t, for subtests.
+func (e *env) doT(t testing.TB, method, path, contentType string, body []byte, out any) (int, []byte) {
+	t.Helper()
 	req, err := http.NewRequest(method, e.url(path), bytes.NewReader(body))
 	if err != nil {
-		e.t.Fatalf("%s %s: %v", method, path, err)
+		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
 	resp, err := e.http.Do(req)
 	if err != nil {
-		e.t.Fatalf("%s %s: %v", method, path, err)
+		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
 	if err != nil {
-		e.t.Fatalf("%s %s: read body: %v", method, path, err)
+		t.Fatalf("%s %s: read body: %v", method, path, err)
 	}
 	if out != nil {
 		if err := json.Unmarshal(raw, out); err != nil {
-			e.t.Fatalf("%s %s: status %d, body %q is not the JSON expected: %v", method, path, resp.StatusCode, raw, err)
+			t.Fatalf("%s %s: status %d, body %q is not the JSON expected: %v", method, path, resp.StatusCode, raw, err)
 		}
 	}
 	return resp.StatusCode, raw
@@ -193,12 +240,12 @@ type apiErr struct {
 }
 
 // expectAPIError checks a 4xx answer with a JSON error body and code.
-func (e *env) expectAPIError(method, path, body string, status int, code string) {
-	e.t.Helper()
+func (e *env) expectAPIError(t testing.TB, method, path, body string, status int, code string) {
+	t.Helper()
 	var ae apiErr
-	got, raw := e.do(method, path, "application/json", []byte(body), &ae)
+	got, raw := e.doT(t, method, path, "application/json", []byte(body), &ae)
 	if got != status || ae.Error != code || ae.Message == "" {
-		e.t.Errorf("%s %s: got %d %s, want %d with error %q and a message", method, path, got, raw, status, code)
+		t.Errorf("%s %s: got %d %s, want %d with error %q and a message", method, path, got, raw, status, code)
 	}
 }
 
@@ -308,18 +355,32 @@ type wsOpts struct {
 	noPong   bool // do not answer pings
 	rcvBuf   int  // SO_RCVBUF of the client socket, 0 for the default
 	header   http.Header
+	// wrap, if set, wraps the client's TCP connection.
+	wrap func(net.Conn) net.Conn
 }
 
-// dialer returns an HTTP client whose connections get SO_RCVBUF rcvBuf.
-func smallBufClient(rcvBuf int) *http.Client {
-	d := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvBuf)
-		})
-		return errors.Join(err, serr)
-	}}
-	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+// wsHTTPClient returns an HTTP client whose connections get SO_RCVBUF
+// rcvBuf (before connecting, so that the TCP window stays small) and are
+// wrapped by wrap.
+func wsHTTPClient(rcvBuf int, wrap func(net.Conn) net.Conn) *http.Client {
+	d := &net.Dialer{}
+	if rcvBuf > 0 {
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvBuf)
+			})
+			return errors.Join(err, serr)
+		}
+	}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := d.DialContext(ctx, network, addr)
+		if err != nil || wrap == nil {
+			return conn, err
+		}
+		return wrap(conn), nil
+	}
+	return &http.Client{Transport: &http.Transport{DialContext: dial}}
 }
 
 func (e *env) dialWS(o wsOpts) *wsClient {
@@ -332,8 +393,8 @@ func (e *env) dialWS(o wsOpts) *wsClient {
 			return !o.noPong
 		},
 	}
-	if o.rcvBuf > 0 {
-		opts.HTTPClient = smallBufClient(o.rcvBuf)
+	if o.rcvBuf > 0 || o.wrap != nil {
+		opts.HTTPClient = wsHTTPClient(o.rcvBuf, o.wrap)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -637,4 +698,35 @@ func (s *seqTracker) update(t testing.TB, m msg) {
 	}
 	s.last[m.Topic] = m.Seq
 	s.n[m.Topic] += m.Agg.N
+}
+
+// rawWSHandshake opens a WebSocket at the TCP level and returns the socket
+// right after the 101 response: whatever the test does with it next, no
+// library answers pings behind its back.
+func rawWSHandshake(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := "GET /ws HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	// Read the response head byte by byte so that no frame is consumed.
+	var head []byte
+	b := make([]byte, 1)
+	for !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
+		if _, err := conn.Read(b); err != nil {
+			t.Fatalf("handshake: %v after %q", err, head)
+		}
+		head = append(head, b[0])
+	}
+	if !bytes.HasPrefix(head, []byte("HTTP/1.1 101")) {
+		t.Fatalf("handshake answered %q", head)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return conn
 }

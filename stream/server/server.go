@@ -233,12 +233,24 @@ func (s *Server) closeStream(sub *stream.Subscriber) {
 // new stream request. It returns a non-nil error response when refused.
 func (s *Server) admit(c *fiber.Ctx) error {
 	if s.draining.Load() {
-		return s.refuseRetry(c, fiber.StatusServiceUnavailable, "shutting_down", "server is shutting down")
+		return answered(s.refuseRetry(c, fiber.StatusServiceUnavailable, "shutting_down", "server is shutting down"))
 	}
 	if !s.accept.Allow() {
-		return s.refuseRetry(c, fiber.StatusServiceUnavailable, "busy", "too many new connections; retry later")
+		return answered(s.refuseRetry(c, fiber.StatusServiceUnavailable, "busy", "too many new connections; retry later"))
 	}
 	return nil
+}
+
+// errAnswered tells a handler that a helper has already written the error
+// response: the handler returns it, and errorHandler leaves the response be.
+var errAnswered = errors.New("server: response already written")
+
+// answered turns the nil of a written response into errAnswered.
+func answered(err error) error {
+	if err != nil {
+		return err
+	}
+	return errAnswered
 }
 
 func (s *Server) refuseRetry(c *fiber.Ctx, status int, code, msg string) error {
@@ -261,6 +273,9 @@ func apiError(c *fiber.Ctx, status int, code, msg string) error {
 // errorHandler turns Fiber's own errors (body too large, 404, 405) into the
 // same JSON shape.
 func errorHandler(c *fiber.Ctx, err error) error {
+	if errors.Is(err, errAnswered) {
+		return nil
+	}
 	status, code := fiber.StatusInternalServerError, "internal"
 	var fe *fiber.Error
 	if errors.As(err, &fe) {

@@ -207,7 +207,7 @@ func loadFile(s *Settings, path string, fields []settingField) error {
 	dec := yaml.NewDecoder(strings.NewReader(string(data)))
 	dec.KnownFields(true)
 	if err := dec.Decode(s); err != nil && !errors.Is(err, io.EOF) {
-		return fileError(src, err)
+		return fileError(src, data, err)
 	}
 	v := reflect.ValueOf(s).Elem()
 	for _, f := range fields {
@@ -243,14 +243,36 @@ func (s *Settings) validate() error {
 var unknownKey = regexp.MustCompile(`^line (\d+): field (\S+) not found`)
 
 // fileError turns a YAML error into one line naming the setting.
-func fileError(src string, err error) error {
+func fileError(src string, data []byte, err error) error {
 	var te *yaml.TypeError
 	if errors.As(err, &te) && len(te.Errors) > 0 {
 		first := te.Errors[0]
 		if m := unknownKey.FindStringSubmatch(first); m != nil {
 			return &SettingError{Setting: m[2], Source: src + " line " + m[1], Err: errors.New("unknown setting (see --help for the list)")}
 		}
+		if m := errLine.FindStringSubmatch(first); m != nil {
+			if key := keyAtLine(data, m[1]); key != "" {
+				return &SettingError{Setting: key, Source: src + " line " + m[1], Err: errors.New(strings.TrimPrefix(first, m[0]))}
+			}
+		}
 		return &SettingError{Setting: "config", Source: src, Err: errors.New(strings.Join(te.Errors, "; "))}
 	}
 	return &SettingError{Setting: "config", Source: src, Err: errors.New(strings.ReplaceAll(err.Error(), "\n", " "))}
+}
+
+var errLine = regexp.MustCompile(`^line (\d+): `)
+
+// keyAtLine is the top-level key whose entry holds line of the YAML data,
+// so that a type error ("line 3: cannot unmarshal …") names its setting.
+func keyAtLine(data []byte, line string) string {
+	n, _ := strconv.Atoi(line)
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return ""
+	}
+	key := ""
+	for kv := doc.Content[0].Content; len(kv) >= 2 && kv[0].Line <= n; kv = kv[2:] {
+		key = kv[0].Value
+	}
+	return key
 }
