@@ -245,7 +245,7 @@ func (b *Bus) topicFor(name string) (*topic, error) {
 
 // subscribePattern subscribes s to every topic starting with prefix, now
 // and later.
-func (b *Bus) subscribePattern(s *Subscriber, prefix string, interval time.Duration, resume map[string]Cursor) {
+func (b *Bus) subscribePattern(s *Subscriber, prefix string, interval time.Duration, resume map[string]Cursor, skip map[string]bool) {
 	b.mu.Lock()
 	if _, open := b.subs[s]; !open { // released: it must not join new topics
 		b.mu.Unlock()
@@ -271,7 +271,9 @@ func (b *Bus) subscribePattern(s *Subscriber, prefix string, interval time.Durat
 	s.subMu.Unlock()
 	sort.Slice(matched, func(i, j int) bool { return matched[i].name < matched[j].name })
 	for _, t := range matched {
-		s.join(t, interval, resume, prefix)
+		if !skip[t.name] {
+			s.join(t, interval, resume, prefix)
+		}
 	}
 }
 
@@ -392,15 +394,24 @@ func (b *Bus) History(name string, afterSeq uint64, limit int) (History, error) 
 // Candles returns up to limit newest bars of topic at interval ("1s",
 // "1m", "5m", "1h"), oldest first.
 func (b *Bus) Candles(name, interval string, limit int) ([]Candle, error) {
+	bars, _, err := b.CandlesSeq(name, interval, limit)
+	return bars, err
+}
+
+// CandlesSeq is Candles plus the topic's seq read under the same lock: the
+// bars include exactly the ticks up to that seq, so a chart can fold in
+// just the live updates after it.
+func (b *Bus) CandlesSeq(name, interval string, limit int) ([]Candle, uint64, error) {
 	i := intervalIndex(interval)
 	if i < 0 {
-		return nil, fmt.Errorf("%w: %q", ErrBadInterval, interval)
+		return nil, 0, fmt.Errorf("%w: %q", ErrBadInterval, interval)
 	}
 	t := b.lookup(name)
 	if t == nil {
-		return nil, fmt.Errorf("%w %q", ErrUnknownTopic, name)
+		return nil, 0, fmt.Errorf("%w %q", ErrUnknownTopic, name)
 	}
-	return t.candleBars(i, limit), nil
+	bars, seq := t.candleBars(i, limit)
+	return bars, seq, nil
 }
 
 // Close disconnects every subscriber with DisconnectShutdown, stops the

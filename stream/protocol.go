@@ -209,11 +209,15 @@ func (s *Subscriber) subscribe(msg clientMessage) (Result, error) {
 			first = res.Errors[0]
 		}
 	}
+	named := make(map[string]bool, len(exact))
 	for _, t := range exact {
 		s.join(t, interval, msg.Resume, "")
+		named[t.name] = true
 	}
 	for _, p := range patterns {
-		s.bus.subscribePattern(s, p, interval, msg.Resume)
+		// A topic named in this message is already joined (and resumed):
+		// joining it again through the pattern would replay it twice.
+		s.bus.subscribePattern(s, p, interval, msg.Resume, named)
 	}
 	return res, first
 }

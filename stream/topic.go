@@ -379,8 +379,8 @@ func (t *topic) history(afterSeq uint64, limit int) History {
 	return h
 }
 
-func (t *topic) candleBars(interval, limit int) []Candle {
+func (t *topic) candleBars(interval, limit int) ([]Candle, uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.candles[interval].last(limit)
+	return t.candles[interval].last(limit), t.seq
 }

@@ -78,10 +78,13 @@ func (s *Server) handleCandles(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	bars, err := s.bus.Candles(topic, c.Query("interval", "1m"), int(limit))
+	bars, seq, err := s.bus.CandlesSeq(topic, c.Query("interval", "1m"), int(limit))
 	if err != nil {
 		return lookupError(c, err)
 	}
+	// The bars hold exactly the ticks up to this seq: a chart folds in only
+	// the live updates after it.
+	c.Set("X-Tickstream-Seq", strconv.FormatUint(seq, 10))
 	return c.JSON(bars)
 }
 

@@ -222,6 +222,11 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 			_, _ = sub.Subscribe(req)
 		}
 		t := &sseTransport{w: w, conn: conn, timeout: s.cfg.WriteTimeout}
+		// Start from the resumed positions, so that the next id still
+		// names a quiet topic that has no event on this stream yet.
+		for topic, cur := range resume {
+			t.advance(&stream.Message{Topic: topic, Epoch: cur.Epoch, Seq: cur.Seq})
+		}
 		err := sub.Deliver(context.Background(), t)
 		var d *stream.Disconnect
 		var ne net.Error

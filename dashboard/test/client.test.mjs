@@ -1,0 +1,207 @@
+// Tests of the Tickstream connection logic against a fake WebSocket and a
+// fake fetch: subscribe with resume, re-subscribe on a throttle change,
+// retry hints, fallback to SSE and lagging status.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Tickstream } from '../static/tickstream.js';
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what, fn, ms = 2000) {
+  const end = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error('timed out waiting for ' + what);
+    await sleep(2);
+  }
+}
+
+class FakeWS {
+  static all = [];
+  static refuse = false;
+  constructor(url) {
+    this.url = url;
+    this.sent = [];
+    this.readyState = 0;
+    FakeWS.all.push(this);
+    setTimeout(() => {
+      if (FakeWS.refuse) {
+        this.readyState = 3;
+        this.onclose && this.onclose({ code: 1006, reason: '' });
+        return;
+      }
+      this.readyState = 1;
+      this.onopen && this.onopen();
+    }, 1);
+  }
+  send(text) { this.sent.push(JSON.parse(text)); }
+  close() { this.readyState = 3; }
+  // server side
+  deliver(...msgs) { this.onmessage({ data: msgs.map((m) => JSON.stringify(m)).join('\n') }); }
+  drop(code, reason) { this.readyState = 3; this.onclose({ code, reason }); }
+}
+
+function setup(t, opts = {}) {
+  FakeWS.all = [];
+  FakeWS.refuse = false;
+  globalThis.WebSocket = FakeWS;
+  const c = new Tickstream({ url: 'http://tick.test', topics: ['*'], throttleMs: 100, ...opts });
+  const got = [];
+  const states = [];
+  c.onBatch((b) => got.push(...b));
+  c.onState((s) => states.push(s.state + '/' + (s.transport || '')));
+  t.after(() => c.stop());
+  return { c, got, states };
+}
+
+const welcome = { type: 'welcome', session: 's1', heartbeat_ms: 15000, server_time: Date.now() };
+const upd = (topic, seq, n, price) => ({ type: 'update', topic, epoch: 'e1', seq, ts: 1000 + seq, data: { price }, agg: { n, o: price, h: price, l: price, c: price, v: n } });
+
+test('subscribes, drops duplicates, resumes after a close with a retry hint', async (t) => {
+  const { c, got, states } = setup(t);
+  c.start();
+  await until('open', () => FakeWS.all.length === 1 && FakeWS.all[0].sent.length === 1);
+  const ws = FakeWS.all[0];
+  assert.equal(ws.url, 'ws://tick.test/ws');
+  assert.deepEqual(ws.sent[0], { op: 'subscribe', id: 1, topics: ['*'], throttle_ms: 100 });
+  ws.deliver(welcome, { type: 'ack', id: 1, topics: ['*'] }, { type: 'snapshot', topic: 'A', epoch: 'e1', seq: 10, ts: 1, data: { price: 1 } });
+  ws.deliver(upd('A', 12, 2, 2), upd('A', 12, 1, 2), upd('A', 13, 1, 3));
+  await until('batch', () => got.some((m) => m.seq === 13));
+  assert.deepEqual(got.filter((m) => m.topic === 'A').map((m) => m.type + m.seq), ['snapshot10', 'update12', 'update13']);
+  assert.equal(c.cursors.dups, 1);
+  assert.equal(c.cursors.gaps, 0);
+  assert.ok(states.includes('live/ws'));
+
+  // Graceful shutdown: 1001 with a retry hint; the reconnect waits for it
+  // and resumes from the cursor.
+  const t0 = Date.now();
+  ws.drop(1001, 'server shutting down retry_ms=60');
+  assert.equal(c.status().state, 'reconnecting');
+  await until('reconnect', () => FakeWS.all.length === 2 && FakeWS.all[1].sent.length === 1);
+  assert.ok(Date.now() - t0 >= 55, 'honours retry_ms');
+  assert.deepEqual(FakeWS.all[1].sent[0].resume, { A: { epoch: 'e1', seq: 13 } });
+  FakeWS.all[1].deliver(welcome, upd('A', 15, 2, 4));
+  await until('resumed', () => got.some((m) => m.seq === 15));
+  assert.equal(c.cursors.gaps, 0);
+  assert.equal(c.stats.connects, 2);
+});
+
+test('a throttle change re-subscribes and drops the old subscription in flight', async (t) => {
+  const { c, got } = setup(t);
+  c.start();
+  await until('open', () => FakeWS.all.length === 1 && FakeWS.all[0].sent.length === 1);
+  const ws = FakeWS.all[0];
+  ws.deliver(welcome, { type: 'snapshot', topic: 'A', epoch: 'e1', seq: 10, ts: 1, data: { price: 1 } });
+  await until('live', () => c.status().state === 'live');
+  c.setThrottle(1000);
+  const [unsub, sub] = ws.sent.slice(1);
+  assert.equal(unsub.op, 'unsubscribe');
+  assert.deepEqual(unsub.topics, ['*']);
+  assert.equal(sub.op, 'subscribe');
+  assert.equal(sub.throttle_ms, 1000);
+  assert.deepEqual(sub.resume, { A: { epoch: 'e1', seq: 10 } });
+  // In flight from the old subscription, then the acks, then the replay
+  // from seq 10 (which covers 11..12 again, folded differently).
+  ws.deliver(upd('A', 11, 1, 2), upd('A', 12, 1, 3), { type: 'ack', id: unsub.id, topics: ['*'] },
+    { type: 'ack', id: sub.id, topics: ['*'] }, upd('A', 13, 3, 4));
+  await until('replay', () => got.some((m) => m.seq === 13));
+  const updates = got.filter((m) => m.type === 'update');
+  assert.deepEqual(updates.map((m) => [m.seq, m.agg.n]), [[13, 3]], 'no tick twice');
+  assert.equal(c.cursors.gaps, 0);
+  assert.equal(c.status().throttleMs, 1000);
+});
+
+test('lagging status shows in the state', async (t) => {
+  const { c, states } = setup(t);
+  c.start();
+  await until('open', () => FakeWS.all.length === 1 && FakeWS.all[0].sent.length === 1);
+  const ws = FakeWS.all[0];
+  ws.deliver(welcome, { type: 'status', lagging: true, throttle_ms: 2000 });
+  assert.equal(c.status().state, 'lagging');
+  assert.equal(c.status().throttleMs, 2000);
+  ws.deliver({ type: 'status', lagging: false, throttle_ms: 100 });
+  assert.equal(c.status().state, 'live');
+  assert.ok(states.includes('lagging/ws'));
+});
+
+test('falls back to one SSE stream when WebSocket is refused', async (t) => {
+  const posts = [];
+  let streamCtl;
+  const enc = new TextEncoder();
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = async (url, init = {}) => {
+    if (init.method === 'POST') {
+      posts.push({ url, body: JSON.parse(init.body) });
+      return new Response('{"ok":true}', { status: 200 });
+    }
+    const body = new ReadableStream({ start(ctl) { streamCtl = ctl; } });
+    posts.push({ url, get: true });
+    return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+  };
+  t.after(() => { globalThis.fetch = realFetch; });
+  const { c, got } = setup(t);
+  FakeWS.refuse = true;
+  c.start();
+  await until('sse', () => streamCtl);
+  assert.match(posts[0].url, /^http:\/\/tick\.test\/sse\?throttle_ms=100&topics=\*$/);
+  const ev = (type, id, data) => `event: ${type}\n${id ? 'id: ' + id + '\n' : ''}data: ${JSON.stringify(data)}\n\n`;
+  streamCtl.enqueue(enc.encode('retry: 1500\n\n' + ev('welcome', '', { ...welcome, session: 'sse1' })));
+  streamCtl.enqueue(enc.encode(ev('snapshot', 'e1~A=10', { type: 'snapshot', topic: 'A', epoch: 'e1', seq: 10, ts: 1, data: { price: 1 } }) + ': hb\n\n'));
+  await until('live sse', () => c.status().state === 'live' && got.length === 2);
+  assert.equal(c.status().transport, 'sse');
+  assert.equal(c.stats.fallbacks, 1);
+
+  // A throttle change POSTs unsubscribe then subscribe with resume.
+  c.setThrottle(500);
+  await until('posts', () => posts.length === 3);
+  assert.equal(posts[1].url, 'http://tick.test/api/sse/sse1');
+  assert.equal(posts[1].body.op, 'unsubscribe');
+  assert.equal(posts[2].body.op, 'subscribe');
+  assert.deepEqual(posts[2].body.resume, { A: { epoch: 'e1', seq: 10 } });
+
+  // The stream ends: reconnect after the retry hint... which we shorten by
+  // ending with a new retry line.
+  streamCtl.enqueue(enc.encode(ev('ack', 'e1~A=10', { type: 'ack', id: posts[1].body.id, topics: ['*'] }) + 'retry: 20\n\n'));
+  streamCtl.close();
+  await until('reconnect', () => posts.filter((p) => p.get).length === 2);
+  const again = posts.filter((p) => p.get)[1].url;
+  // The id was not trusted after the re-subscribe: no last_event_id; the
+  // cursors go in a POST after welcome instead.
+  assert.doesNotMatch(again, /last_event_id/);
+  assert.doesNotMatch(again, /topics=/);
+  assert.match(again, /throttle_ms=500/);
+  assert.equal(FakeWS.all.length, 1, 'no second WebSocket attempt once SSE worked');
+  streamCtl.enqueue(enc.encode(ev('welcome', '', { ...welcome, session: 'sse2' })));
+  await until('resume post', () => posts.length === 5);
+  assert.equal(posts[4].url, 'http://tick.test/api/sse/sse2');
+  assert.deepEqual(posts[4].body.resume, { A: { epoch: 'e1', seq: 10 } });
+  assert.deepEqual(posts[4].body.topics, ['*']);
+});
+
+test('SSE with exact topics resumes with last_event_id', async (t) => {
+  const gets = [];
+  let streamCtl;
+  const enc = new TextEncoder();
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = async (url, init = {}) => {
+    if (init.method === 'POST') return new Response('{"ok":true}', { status: 200 });
+    gets.push(url);
+    const body = new ReadableStream({ start(ctl) { streamCtl = ctl; } });
+    return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+  };
+  t.after(() => { globalThis.fetch = realFetch; });
+  const { c } = setup(t, { topics: ['A', 'B'], transport: 'sse' });
+  c.start();
+  await until('sse', () => streamCtl);
+  assert.equal(gets[0], 'http://tick.test/sse?throttle_ms=100&topics=A%2CB');
+  const ev = (type, id, data) => `event: ${type}\n${id ? 'id: ' + id + '\n' : ''}data: ${JSON.stringify(data)}\n\n`;
+  streamCtl.enqueue(enc.encode(ev('welcome', '', welcome)));
+  streamCtl.enqueue(enc.encode(ev('snapshot', 'e1~A=10', { type: 'snapshot', topic: 'A', epoch: 'e1', seq: 10, ts: 1, data: {} })));
+  streamCtl.enqueue(enc.encode(ev('update', 'e1~A=10,B=4', { type: 'update', topic: 'B', epoch: 'e1', seq: 4, ts: 1, data: {}, agg: { n: 4, v: 0 } })));
+  streamCtl.enqueue(enc.encode('retry: 5\n\n'));
+  await until('cursors', () => c.cursors.size === 2);
+  const first = streamCtl;
+  first.close();
+  await until('reconnect', () => gets.length === 2);
+  assert.equal(gets[1], 'http://tick.test/sse?throttle_ms=100&topics=A%2CB&last_event_id=e1%7EA%3D10%2CB%3D4');
+  assert.equal(FakeWS.all.length, 0, 'transport sse never tries WebSocket');
+});
