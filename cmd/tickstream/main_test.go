@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os/exec"
@@ -49,14 +50,21 @@ func buildCommand(t *testing.T) string {
 	return bin
 }
 
+// freeAddr returns a free loopback address below the ephemeral port range,
+// so that no other test's listener or outgoing connection takes the port
+// between this check and the command's own listen.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(10000))
+		ln, err := net.Listen("tcp", addr)
+		if err == nil {
+			ln.Close()
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free port in 20000-29999")
+	return ""
 }
 
 // syncBuffer is a bytes.Buffer safe for the command's output goroutine.
@@ -107,6 +115,11 @@ func TestCommand(t *testing.T) {
 
 		// /api/topics fills with the simulator's symbols.
 		checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+			select {
+			case <-exited:
+				t.Fatalf("exited early: %v\n%s", exitErr, stderr)
+			default:
+			}
 			resp, err := client.Get(base + "/api/topics")
 			if err != nil {
 				return err
@@ -152,7 +165,7 @@ func TestCommand(t *testing.T) {
 			}
 		}
 		if updates < 3 {
-			t.Fatalf("got %d SSE updates: %v", updates, sc.Err())
+			t.Fatalf("got %d SSE updates: %v\n%s", updates, sc.Err(), stderr)
 		}
 
 		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -149,7 +150,9 @@ func (e *env) shutdown() time.Duration {
 		defer cancel()
 		start := time.Now()
 		if err := e.srv.Shutdown(ctx); err != nil {
-			e.t.Errorf("Shutdown: %v", err)
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			e.t.Errorf("Shutdown: %v; goroutines:\n%s", err, buf)
 		}
 		took = time.Since(start)
 		select {
@@ -171,7 +174,7 @@ func (e *env) publish(topic string, ts int64, fields ...feeds.Field) uint64 {
 	e.t.Helper()
 	seq, err := e.bus.Publish("test", feeds.Tick{Topic: topic, TS: ts, Fields: fields})
 	if err != nil {
-		e.t.Fatalf("Publish %s: %v", topic, err)
+		e.t.Errorf("Publish %s: %v", topic, err)
 	}
 	return seq
 }
@@ -254,7 +257,8 @@ func (e *env) metric(name string) float64 {
 	e.t.Helper()
 	mfs, err := e.reg.Gather()
 	if err != nil {
-		e.t.Fatalf("Gather: %v", err)
+		e.t.Errorf("Gather: %v", err)
+		return 0
 	}
 	total := 0.0
 	for _, mf := range mfs {
@@ -383,9 +387,9 @@ func wsHTTPClient(rcvBuf int, wrap func(net.Conn) net.Conn) *http.Client {
 	return &http.Client{Transport: &http.Transport{DialContext: dial}}
 }
 
-func (e *env) dialWS(o wsOpts) *wsClient {
-	e.t.Helper()
-	c := &wsClient{t: e.t, msgs: make(chan msg, 1<<16), done: make(chan struct{}), pings: &counter{}}
+func (e *env) dialWS(t testing.TB, o wsOpts) *wsClient {
+	t.Helper()
+	c := &wsClient{t: t, msgs: make(chan msg, 1<<16), done: make(chan struct{}), pings: &counter{}}
 	opts := &websocket.DialOptions{
 		HTTPHeader: o.header,
 		OnPingReceived: func(context.Context, []byte) bool {
@@ -400,11 +404,11 @@ func (e *env) dialWS(o wsOpts) *wsClient {
 	defer cancel()
 	conn, resp, err := websocket.Dial(ctx, "ws://"+e.addr+"/ws", opts)
 	if err != nil {
-		e.t.Fatalf("dial /ws: %v (response %v)", err, resp)
+		t.Fatalf("dial /ws: %v (response %v)", err, resp)
 	}
 	conn.SetReadLimit(64 << 20)
 	c.conn = conn
-	e.t.Cleanup(func() { c.close() })
+	t.Cleanup(func() { c.close() })
 	if o.noReader {
 		close(c.msgs)
 		close(c.done)
@@ -523,9 +527,9 @@ type subscribeMsg struct {
 func ms(n int) *int { return &n }
 
 // welcome dials and reads the welcome message.
-func (e *env) welcomeWS(o wsOpts) (*wsClient, msg) {
-	e.t.Helper()
-	c := e.dialWS(o)
+func (e *env) welcomeWS(t testing.TB, o wsOpts) (*wsClient, msg) {
+	t.Helper()
+	c := e.dialWS(t, o)
 	w := c.expect(stream.TypeWelcome)
 	return c, w
 }
@@ -549,13 +553,13 @@ type sseClient struct {
 }
 
 // openSSE opens path (e.g. /sse?topics=A) and checks it answered 200.
-func (e *env) openSSE(path string, header http.Header) *sseClient {
-	e.t.Helper()
+func (e *env) openSSE(t testing.TB, path string, header http.Header) *sseClient {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.url(path), nil)
 	if err != nil {
 		cancel()
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
 	for k, v := range header {
 		req.Header[k] = v
@@ -563,17 +567,17 @@ func (e *env) openSSE(path string, header http.Header) *sseClient {
 	resp, err := e.http.Do(req)
 	if err != nil {
 		cancel()
-		e.t.Fatalf("GET %s: %v", path, err)
+		t.Fatalf("GET %s: %v", path, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		cancel()
-		e.t.Fatalf("GET %s: %d %s", path, resp.StatusCode, b)
+		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, b)
 	}
-	c := &sseClient{t: e.t, resp: resp, events: make(chan sseEvent, 1<<16), done: make(chan struct{}), cancel: cancel}
+	c := &sseClient{t: t, resp: resp, events: make(chan sseEvent, 1<<16), done: make(chan struct{}), cancel: cancel}
 	go c.read()
-	e.t.Cleanup(c.close)
+	t.Cleanup(c.close)
 	return c
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -81,9 +82,11 @@ type sseTransport struct {
 	w       *bufio.Writer
 	conn    net.Conn
 	timeout time.Duration
-	pos     []cursorPos // sorted by epoch, topic
-	id      []byte      // the cursor after the last message
-	dirty   bool
+	// deadline is the write deadline armed before the current batch.
+	deadline time.Time
+	pos      []cursorPos // sorted by epoch, topic
+	id       []byte      // the cursor after the last message
+	dirty    bool
 }
 
 func (t *sseTransport) advance(m *stream.Message) {
@@ -115,6 +118,7 @@ func (t *sseTransport) advance(m *stream.Message) {
 }
 
 func (t *sseTransport) WriteBatch(msgs []stream.Message) error {
+	t.arm()
 	for i := range msgs {
 		m := &msgs[i]
 		t.advance(m)
@@ -136,15 +140,31 @@ func (t *sseTransport) WriteBatch(msgs []stream.Message) error {
 }
 
 func (t *sseTransport) Heartbeat() error {
+	t.arm()
 	_, _ = t.w.WriteString(": hb\n\n")
 	return t.flush()
+}
+
+// arm sets the write deadline for the writes that follow.
+func (t *sseTransport) arm() {
+	t.deadline = time.Now().Add(t.timeout)
+	if t.conn != nil {
+		_ = t.conn.SetWriteDeadline(t.deadline)
+	}
 }
 
 func (t *sseTransport) flush() error {
 	if t.conn != nil {
 		_ = t.conn.SetWriteDeadline(time.Now().Add(t.timeout))
 	}
-	return t.w.Flush()
+	err := t.w.Flush()
+	if err != nil && t.conn != nil && !time.Now().Before(t.deadline) {
+		// fasthttp copies the stream to the socket from its own goroutine
+		// through a pipe, so a write stuck past the deadline shows here as
+		// a closed pipe: report it as the timeout it was.
+		return os.ErrDeadlineExceeded
+	}
+	return err
 }
 
 // sseError answers a request that cannot start a stream.
