@@ -110,7 +110,7 @@ type Server struct {
 
 	draining atomic.Bool
 	mu       sync.Mutex
-	streams  map[*stream.Subscriber]struct{} // open /ws and /sse connections
+	streams  map[*stream.Subscriber]net.Conn // open /ws and /sse connections
 	sessions map[string]*stream.Subscriber   // SSE sessions by id
 	wg       sync.WaitGroup                  // stream handlers
 }
@@ -128,7 +128,7 @@ func New(cfg Config) (*Server, error) {
 		bus:      cfg.Bus,
 		log:      cfg.Logger,
 		accept:   rate.NewLimiter(rate.Limit(cfg.AcceptRate), cfg.AcceptBurst),
-		streams:  make(map[*stream.Subscriber]struct{}),
+		streams:  make(map[*stream.Subscriber]net.Conn),
 		sessions: make(map[string]*stream.Subscriber),
 	}
 	s.app = fiber.New(fiber.Config{
@@ -181,27 +181,52 @@ func (s *Server) Serve(ln net.Listener) error {
 // or returns ctx.Err() if ctx ends first.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
-	s.mu.Lock()
-	subs := make([]*stream.Subscriber, 0, len(s.streams))
-	for sub := range s.streams {
-		subs = append(subs, sub)
-	}
-	s.mu.Unlock()
-	for _, sub := range subs {
+	for _, sub := range s.openStreams() {
 		sub.Close(stream.DisconnectShutdown)
 	}
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
+	// Clients get shutdownGrace to take their close frame; a writer still
+	// stuck on a client that stopped reading is then cut off, so that one
+	// dead client cannot hold shutdown up to its write deadline.
+	grace := time.NewTimer(shutdownGrace)
+	defer grace.Stop()
 	select {
 	case <-done:
+	case <-grace.C:
+		s.mu.Lock()
+		for _, conn := range s.streams {
+			_ = conn.Close()
+		}
+		s.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	return s.app.ShutdownWithContext(ctx)
 }
 
+// shutdownGrace is how long Shutdown waits for stream handlers to end by
+// themselves before closing their connections.
+const shutdownGrace = 2 * time.Second
+
+func (s *Server) openStreams() []*stream.Subscriber {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	subs := make([]*stream.Subscriber, 0, len(s.streams))
+	for sub := range s.streams {
+		subs = append(subs, sub)
+	}
+	return subs
+}
+
 // open registers a new stream connection, refusing it while draining.
-func (s *Server) open(transport string) (*stream.Subscriber, error) {
+// conn is closed if the connection outlives Shutdown's grace period.
+func (s *Server) open(transport string, conn net.Conn) (*stream.Subscriber, error) {
 	sub, err := s.bus.NewSubscriber(transport)
 	if err != nil {
 		return nil, err
@@ -212,7 +237,7 @@ func (s *Server) open(transport string) (*stream.Subscriber, error) {
 		sub.Close(stream.DisconnectShutdown)
 		return nil, ErrServerClosed
 	}
-	s.streams[sub] = struct{}{}
+	s.streams[sub] = conn
 	if transport == "sse" {
 		s.sessions[sub.Session()] = sub
 	}

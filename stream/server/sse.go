@@ -221,7 +221,7 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 	if err := s.admit(c); err != nil {
 		return err
 	}
-	sub, err := s.open("sse")
+	sub, err := s.open("sse", c.Context().Conn())
 	if err != nil {
 		return s.refuseRetry(c, fiber.StatusServiceUnavailable, "shutting_down", "server is shutting down")
 	}

@@ -83,7 +83,7 @@ func (t *wsTransport) Heartbeat() error {
 
 func (s *Server) serveWS(c *websocket.Conn) {
 	conn := c.Conn
-	sub, err := s.open("ws")
+	sub, err := s.open("ws", conn.NetConn())
 	if err != nil {
 		s.closeWS(conn, &stream.Disconnect{Code: fastws.CloseGoingAway, Reason: "server shutting down"})
 		return
