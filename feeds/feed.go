@@ -183,3 +183,35 @@ type StatusReporter interface {
 	// Ready reports whether every feed is running (for /readyz).
 	Ready() bool
 }
+
+// OptionError is a bad option of one feed. Its text names both, so that a
+// bad config stops start-up with one line that says what to fix:
+//
+//	feed "btc": options.rate -1: want 0 < rate <= 100000
+type OptionError struct {
+	Feed   string
+	Option string
+	Reason string
+}
+
+func (e *OptionError) Error() string {
+	return fmt.Sprintf("feed %q: options.%s: %s", e.Feed, e.Option, e.Reason)
+}
+
+// BadOption returns an *OptionError for option of feed.
+func BadOption(feed, option, format string, args ...any) error {
+	return &OptionError{Feed: feed, Option: option, Reason: fmt.Sprintf(format, args...)}
+}
+
+// FactoryFor makes a Factory from a constructor that takes the feed's name
+// and its decoded options struct O; the options are decoded strictly with
+// DecodeOptions first.
+func FactoryFor[O any, S Source](build func(name string, o O) (S, error)) Factory {
+	return func(cfg Config) (Source, error) {
+		var o O
+		if err := cfg.DecodeOptions(&o); err != nil {
+			return nil, err
+		}
+		return build(cfg.Name, o)
+	}
+}

@@ -64,19 +64,11 @@ type Source struct {
 var _ feeds.Source = (*Source)(nil)
 
 // New builds a nats source from its config.
-func New(cfg feeds.Config) (feeds.Source, error) {
-	var o Options
-	if err := cfg.DecodeOptions(&o); err != nil {
-		return nil, err
-	}
-	return NewSource(cfg.Name, o)
-}
+var New = feeds.FactoryFor(NewSource)
 
 // NewSource checks the options. It does no network I/O.
 func NewSource(name string, o Options) (*Source, error) {
-	bad := func(opt, format string, args ...any) error {
-		return fmt.Errorf("feed %q: options.%s: %s", name, opt, fmt.Sprintf(format, args...))
-	}
+	bad := func(opt, format string, args ...any) error { return feeds.BadOption(name, opt, format, args...) }
 	if o.URL == "" {
 		o.URL = natsgo.DefaultURL
 	}

@@ -112,20 +112,12 @@ type Source struct {
 var _ feeds.Source = (*Source)(nil)
 
 // New builds a replay source from its config.
-func New(cfg feeds.Config) (feeds.Source, error) {
-	var o Options
-	if err := cfg.DecodeOptions(&o); err != nil {
-		return nil, err
-	}
-	return NewSource(cfg.Name, o)
-}
+var New = feeds.FactoryFor(NewSource)
 
 // NewSource checks the options and the file: it must exist, and a CSV
 // header must have the mapped columns. It reads only the header.
 func NewSource(name string, o Options) (*Source, error) {
-	bad := func(opt, format string, args ...any) error {
-		return fmt.Errorf("feed %q: options.%s: %s", name, opt, fmt.Sprintf(format, args...))
-	}
+	bad := func(opt, format string, args ...any) error { return feeds.BadOption(name, opt, format, args...) }
 	if o.File == "" {
 		return nil, bad("file", "missing; give a CSV or NDJSON file")
 	}

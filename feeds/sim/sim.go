@@ -42,13 +42,7 @@ type Source struct {
 var _ feeds.Source = (*Source)(nil)
 
 // New builds a sim source from its config.
-func New(cfg feeds.Config) (feeds.Source, error) {
-	var o Options
-	if err := cfg.DecodeOptions(&o); err != nil {
-		return nil, err
-	}
-	return NewSource(cfg.Name, o)
-}
+var New = feeds.FactoryFor(NewSource)
 
 // NewSource builds a sim source from options.
 func NewSource(name string, o Options) (*Source, error) {
@@ -63,13 +57,13 @@ func NewSource(name string, o Options) (*Source, error) {
 	}
 	switch {
 	case o.Rate < 0 || o.Rate > 100_000:
-		return nil, fmt.Errorf("feed %q: options.rate %v: want 0 < rate <= 100000", name, o.Rate)
+		return nil, feeds.BadOption(name, "rate", "%v: want 0 < rate <= 100000", o.Rate)
 	case o.Volatility < 0 || o.Volatility > 100:
-		return nil, fmt.Errorf("feed %q: options.volatility %v: want 0 < volatility <= 100", name, o.Volatility)
+		return nil, feeds.BadOption(name, "volatility", "%v: want 0 < volatility <= 100", o.Volatility)
 	}
 	for _, s := range o.Symbols {
 		if !feeds.ValidTopic(s) {
-			return nil, fmt.Errorf("feed %q: options.symbols: %q is not a valid topic", name, s)
+			return nil, feeds.BadOption(name, "symbols", "%q is not a valid topic", s)
 		}
 	}
 	return &Source{name: name, opts: o}, nil

@@ -71,20 +71,12 @@ type Source struct {
 var _ feeds.Source = (*Source)(nil)
 
 // New builds a websocket source from its config.
-func New(cfg feeds.Config) (feeds.Source, error) {
-	var o Options
-	if err := cfg.DecodeOptions(&o); err != nil {
-		return nil, err
-	}
-	return NewSource(cfg.Name, o)
-}
+var New = feeds.FactoryFor(NewSource)
 
 // NewSource checks the options and builds the subscribe messages. It does
 // no network I/O.
 func NewSource(name string, o Options) (*Source, error) {
-	bad := func(opt, format string, args ...any) error {
-		return fmt.Errorf("feed %q: options.%s: %s", name, opt, fmt.Sprintf(format, args...))
-	}
+	bad := func(opt, format string, args ...any) error { return feeds.BadOption(name, opt, format, args...) }
 	u, err := url.Parse(o.URL)
 	switch {
 	case o.URL == "":
