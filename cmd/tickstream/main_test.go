@@ -16,25 +16,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tickstream/tickstream/feeds/feedtest"
 )
 
-// checkFor polls fn every interval until it returns nil, failing the test
-// with fn's last error once total has passed.
-func checkFor(t testing.TB, total, every time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for {
-		if err = fn(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(every)
-	}
-	t.Fatalf("still failing after %v: %v", total, err)
-}
+// checkFor polls fn until it returns nil or total has passed.
+var checkFor = feedtest.CheckFor
 
 // buildCommand builds the tickstream command into a temporary directory.
 func buildCommand(t *testing.T) string {

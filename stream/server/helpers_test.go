@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tickstream/tickstream/feeds/feedtest"
+
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -39,23 +41,8 @@ func TestMain(m *testing.M) {
 	)
 }
 
-// checkFor polls fn every interval until it returns nil, failing the test
-// with fn's last error once total has passed.
-func checkFor(t testing.TB, total, every time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for {
-		if err = fn(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(every)
-	}
-	t.Fatalf("still failing after %v: %v", total, err)
-}
+// checkFor polls fn until it returns nil or total has passed.
+var checkFor = feedtest.CheckFor
 
 // env is one real server on a loopback port, with its bus and registry.
 type env struct {

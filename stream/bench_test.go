@@ -1,0 +1,159 @@
+package stream
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/tickstream/tickstream/feeds"
+)
+
+// benchTick is a typical market tick: five fields.
+func benchTick(topic string, i int) feeds.Tick {
+	return feeds.Tick{Topic: topic, TS: baseTS + int64(i), Fields: []feeds.Field{
+		{Name: feeds.FieldPrice, Value: 100 + float64(i%100)/8},
+		{Name: feeds.FieldSize, Value: float64(i%7) + 0.5},
+		{Name: feeds.FieldBid, Value: 99.5},
+		{Name: feeds.FieldAsk, Value: 100.5},
+		{Name: feeds.FieldVolume, Value: float64(i)},
+	}}
+}
+
+// benchSubs subscribes n subscribers to topic at throttle ms and drains
+// their ack and snapshot.
+func benchSubs(b *testing.B, bus *Bus, topic string, n int, throttleMS int64) []*Subscriber {
+	b.Helper()
+	subs := make([]*Subscriber, n)
+	for i := range subs {
+		s, err := bus.NewSubscriber("bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.Subscribe(SubscribeRequest{Topics: []string{topic}, ThrottleMS: &throttleMS}); err != nil {
+			b.Fatal(err)
+		}
+		s.drain(nil)
+		subs[i] = s
+	}
+	return subs
+}
+
+func drainSubs(subs []*Subscriber, buf []Message) ([]Message, int) {
+	n := 0
+	for _, s := range subs {
+		buf = s.drain(buf[:0])
+		n += len(buf)
+		clear(buf)
+	}
+	return buf, n
+}
+
+var fanoutSizes = []int{1, 100, 1000, 10_000}
+
+// BenchmarkFanoutThrottle0: one op is one tick published, encoded once
+// and queued on every subscriber, then every queue drained (as Deliver
+// would) before the next.
+func BenchmarkFanoutThrottle0(b *testing.B) {
+	for _, n := range fanoutSizes {
+		b.Run(fmt.Sprintf("subs=%d", n), func(b *testing.B) {
+			bus := newTestBus(b, BusConfig{})
+			mustPublish(b, bus, benchTick("B", 0))
+			subs := benchSubs(b, bus, "B", n, 0)
+			ticks := make([]feeds.Tick, 64)
+			for i := range ticks {
+				ticks[i] = benchTick("B", i)
+			}
+			var buf []Message
+			got := 0
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := bus.Publish("bench", ticks[i%len(ticks)]); err != nil {
+					b.Fatal(err)
+				}
+				var k int
+				buf, k = drainSubs(subs, buf)
+				got += k
+			}
+			b.StopTimer()
+			if got != b.N*n {
+				b.Fatalf("%d messages delivered, want %d", got, b.N*n)
+			}
+		})
+	}
+}
+
+// BenchmarkFanoutThrottled: one op folds ticksPerWindow ticks into the
+// open window of a 100 ms group, then closes the window by calling the
+// group flush directly (one encoding, shared by every member) and drains
+// every queue. The flusher goroutine could only interfere if it fired
+// between the folds and the flush, a few microseconds per op.
+func BenchmarkFanoutThrottled(b *testing.B) {
+	const ticksPerWindow = 10
+	for _, n := range fanoutSizes {
+		b.Run(fmt.Sprintf("subs=%d", n), func(b *testing.B) {
+			bus := newTestBus(b, BusConfig{})
+			mustPublish(b, bus, benchTick("B", 0))
+			subs := benchSubs(b, bus, "B", n, 100)
+			tp := bus.lookup("B")
+			ticks := make([]feeds.Tick, 64)
+			for i := range ticks {
+				ticks[i] = benchTick("B", i)
+			}
+			var buf []Message
+			got := 0
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				for j := range ticksPerWindow {
+					if _, err := bus.Publish("bench", ticks[(i+j)%len(ticks)]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				tp.mu.Lock()
+				g := tp.groups[100*time.Millisecond]
+				if !g.removed {
+					g.flush()
+				}
+				tp.mu.Unlock()
+				var k int
+				buf, k = drainSubs(subs, buf)
+				got += k
+			}
+			b.StopTimer()
+			// The flusher may split an op's window once in a while.
+			if got < b.N*n*9/10 || got > b.N*n*11/10 {
+				b.Fatalf("%d updates delivered for %d windows × %d subscribers", got, b.N, n)
+			}
+		})
+	}
+}
+
+func BenchmarkPublishNoSubscribers(b *testing.B) {
+	bus := newTestBus(b, BusConfig{})
+	ticks := make([]feeds.Tick, 64)
+	for i := range ticks {
+		ticks[i] = benchTick("B", i)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := bus.Publish("bench", ticks[i%len(ticks)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkAppendUpdate(b *testing.B) {
+	tk := benchTick("BTC-USD", 1)
+	var w window
+	w.fold(&tk, 1, time.Now())
+	u := w.take("BTC-USD", "e1")
+	buf := make([]byte, 0, 512)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		buf = appendUpdate(buf[:0], u)
+	}
+	b.SetBytes(int64(len(buf)))
+}

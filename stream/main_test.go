@@ -1,0 +1,499 @@
+package stream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/tickstream/tickstream/feeds"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// checkFor calls fn every interval until it returns nil, and fails the
+// test with fn's last error once total has passed (nats-server's helper).
+func checkFor(t testing.TB, total, every time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	var err error
+	for {
+		if err = fn(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met after %v: %v", total, err)
+		}
+		time.Sleep(every)
+	}
+}
+
+// newTestBus returns a bus that is closed (and its flushers waited for)
+// when the test ends.
+func newTestBus(t testing.TB, cfg BusConfig) *Bus {
+	t.Helper()
+	if cfg.Epoch == "" {
+		cfg.Epoch = "e1"
+	}
+	b, err := NewBus(cfg)
+	if err != nil {
+		t.Fatalf("NewBus: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := b.Close(ctx); err != nil {
+			t.Errorf("Bus.Close: %v", err)
+		}
+	})
+	return b
+}
+
+func newTestSub(t testing.TB, b *Bus) *Subscriber {
+	t.Helper()
+	s, err := b.NewSubscriber("test")
+	if err != nil {
+		t.Fatalf("NewSubscriber: %v", err)
+	}
+	t.Cleanup(func() { s.Close(nil) })
+	return s
+}
+
+// memTransport is an in-memory Transport that records what it is given.
+// It can be made to block (until unblock) or fail.
+type memTransport struct {
+	mu         sync.Mutex
+	batches    int
+	msgs       []Message // deep copies
+	heartbeats int
+	fail       error
+	blocked    chan struct{} // non-nil: WriteBatch waits until it is closed
+	inWrite    chan struct{} // receives once per WriteBatch entry, if non-nil and there is room
+}
+
+var _ Transport = (*memTransport)(nil)
+
+func (m *memTransport) WriteBatch(msgs []Message) error {
+	m.mu.Lock()
+	block, fail, in := m.blocked, m.fail, m.inWrite
+	m.mu.Unlock()
+	if in != nil {
+		select {
+		case in <- struct{}{}:
+		default:
+		}
+	}
+	if block != nil {
+		<-block
+	}
+	if fail != nil {
+		return fail
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.batches++
+	for _, msg := range msgs {
+		msg.JSON = slices.Clone(msg.JSON)
+		m.msgs = append(m.msgs, msg)
+	}
+	return nil
+}
+
+func (m *memTransport) Heartbeat() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.heartbeats++
+	return m.fail
+}
+
+// block makes later writes wait until the returned function (or the
+// test's cleanup) is called.
+func (m *memTransport) block() (unblock func()) {
+	m.mu.Lock()
+	m.blocked = make(chan struct{})
+	m.mu.Unlock()
+	return m.release
+}
+
+// release unblocks writes; it may be called any number of times.
+func (m *memTransport) release() {
+	m.mu.Lock()
+	ch := m.blocked
+	m.blocked = nil
+	m.mu.Unlock()
+	if ch != nil {
+		close(ch)
+	}
+}
+
+func (m *memTransport) messages() []Message {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.msgs)
+}
+
+// deliver runs s.Deliver(tr) until the test ends; the returned channel
+// gets Deliver's result.
+func deliver(t testing.TB, s *Subscriber, tr Transport) <-chan error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	fin := make(chan struct{})
+	go func() {
+		defer close(fin)
+		done <- s.Deliver(ctx, tr)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if mt, ok := tr.(*memTransport); ok {
+			mt.release()
+		}
+		select {
+		case <-fin:
+		case <-time.After(10 * time.Second):
+			t.Errorf("Deliver did not return")
+		}
+	})
+	return done
+}
+
+// wireMsg is any server message decoded with encoding/json.
+type wireMsg struct {
+	Type       string             `json:"type"`
+	Topic      string             `json:"topic"`
+	Epoch      string             `json:"epoch"`
+	Seq        uint64             `json:"seq"`
+	TS         int64              `json:"ts"`
+	Data       map[string]float64 `json:"data"`
+	Agg        *wireAgg           `json:"agg"`
+	Reason     string             `json:"reason"`
+	Lagging    *bool              `json:"lagging"`
+	ThrottleMS int64              `json:"throttle_ms"`
+	Code       string             `json:"code"`
+	Message    string             `json:"message"`
+	ID         json.RawMessage    `json:"id"`
+	Topics     []string           `json:"topics"`
+	Session    string             `json:"session"`
+}
+
+type wireAgg struct {
+	N int64    `json:"n"`
+	O *float64 `json:"o"`
+	H *float64 `json:"h"`
+	L *float64 `json:"l"`
+	C *float64 `json:"c"`
+	V float64  `json:"v"`
+}
+
+func decodeMsg(t testing.TB, m Message) wireMsg {
+	t.Helper()
+	var w wireMsg
+	if !json.Valid(m.JSON) {
+		t.Fatalf("invalid JSON in %s message: %s", m.Type, m.JSON)
+	}
+	if err := json.Unmarshal(m.JSON, &w); err != nil {
+		t.Fatalf("decode %s: %v", m.JSON, err)
+	}
+	if w.Type != m.Type {
+		t.Fatalf("Message.Type %q, JSON type %q: %s", m.Type, w.Type, m.JSON)
+	}
+	switch m.Type {
+	case TypeUpdate, TypeSnapshot:
+		if w.Topic != m.Topic || w.Seq != m.Seq || w.Epoch != m.Epoch {
+			t.Fatalf("Message says %s/%s/%d, JSON %s", m.Topic, m.Epoch, m.Seq, m.JSON)
+		}
+	}
+	return w
+}
+
+func decodeAll(t testing.TB, ms []Message) []wireMsg {
+	t.Helper()
+	out := make([]wireMsg, len(ms))
+	for i, m := range ms {
+		out[i] = decodeMsg(t, m)
+	}
+	return out
+}
+
+// ref is the reference model of one window: what the spec says an update
+// over ticks must carry.
+type ref struct {
+	n          int64
+	o, h, l, c float64
+	hasPrice   bool
+	v          float64
+	data       map[string]float64
+	seq        uint64
+}
+
+func refOf(ticks []feeds.Tick, seqs []uint64) ref {
+	r := ref{data: map[string]float64{}}
+	for i, tk := range ticks {
+		r.n++
+		if p, ok := tk.Get(feeds.FieldPrice); ok {
+			if !r.hasPrice {
+				r.o, r.h, r.l, r.hasPrice = p, p, p, true
+			}
+			r.h, r.l, r.c = max(r.h, p), min(r.l, p), p
+		}
+		if sz, ok := tk.Get(feeds.FieldSize); ok {
+			r.v += sz
+		}
+		for _, f := range tk.Fields {
+			r.data[f.Name] = f.Value
+		}
+		r.seq = seqs[i]
+	}
+	return r
+}
+
+func (r ref) checkUpdate(u *Update) error {
+	if u.Agg.N != r.n || u.Agg.HasPrice != r.hasPrice || u.Agg.V != r.v || u.Seq != r.seq {
+		return fmt.Errorf("update n=%d hasPrice=%v v=%v seq=%d, want n=%d hasPrice=%v v=%v seq=%d",
+			u.Agg.N, u.Agg.HasPrice, u.Agg.V, u.Seq, r.n, r.hasPrice, r.v, r.seq)
+	}
+	if r.hasPrice && (u.Agg.O != r.o || u.Agg.H != r.h || u.Agg.L != r.l || u.Agg.C != r.c) {
+		return fmt.Errorf("update ohlc %v/%v/%v/%v, want %v/%v/%v/%v", u.Agg.O, u.Agg.H, u.Agg.L, u.Agg.C, r.o, r.h, r.l, r.c)
+	}
+	return checkData(u.Data, r.data)
+}
+
+func (r ref) checkWire(w wireMsg) error {
+	if w.Agg == nil {
+		return fmt.Errorf("update without agg")
+	}
+	a := w.Agg
+	if a.N != r.n || a.V != r.v || w.Seq != r.seq {
+		return fmt.Errorf("wire n=%d v=%v seq=%d, want n=%d v=%v seq=%d", a.N, a.V, w.Seq, r.n, r.v, r.seq)
+	}
+	if (a.O != nil) != r.hasPrice || (a.H != nil) != r.hasPrice || (a.L != nil) != r.hasPrice || (a.C != nil) != r.hasPrice {
+		return fmt.Errorf("wire ohlc presence, want %v", r.hasPrice)
+	}
+	if r.hasPrice && (*a.O != r.o || *a.H != r.h || *a.L != r.l || *a.C != r.c) {
+		return fmt.Errorf("wire ohlc %v/%v/%v/%v, want %v/%v/%v/%v", *a.O, *a.H, *a.L, *a.C, r.o, r.h, r.l, r.c)
+	}
+	if len(w.Data) != len(r.data) {
+		return fmt.Errorf("wire data %v, want %v", w.Data, r.data)
+	}
+	for k, v := range r.data {
+		if got, ok := w.Data[k]; !ok || got != v {
+			return fmt.Errorf("wire data %v, want %v", w.Data, r.data)
+		}
+	}
+	return nil
+}
+
+func checkData(got []feeds.Field, want map[string]float64) error {
+	seen := map[string]bool{}
+	for _, f := range got {
+		if seen[f.Name] {
+			return fmt.Errorf("data %v: field %q twice", got, f.Name)
+		}
+		seen[f.Name] = true
+		if v, ok := want[f.Name]; !ok || v != f.Value {
+			return fmt.Errorf("data %v, want %v", got, want)
+		}
+	}
+	if len(seen) != len(want) {
+		return fmt.Errorf("data %v, want %v", got, want)
+	}
+	return nil
+}
+
+var extraFields = []string{feeds.FieldBid, feeds.FieldAsk, feeds.FieldVolume, "oi", "x.y", "z_1"}
+
+// randTick returns a valid tick with a random subset of fields. Sizes
+// are multiples of 1/4 below 2^20, so every sum of them is exact whatever
+// the grouping; prices are arbitrary.
+func randTick(rng *rand.Rand, topic string, ts int64) feeds.Tick {
+	tk := feeds.Tick{Topic: topic, TS: ts}
+	if rng.IntN(5) != 0 {
+		tk.Set(feeds.FieldPrice, 100+rng.NormFloat64()*20)
+	}
+	if rng.IntN(4) != 0 {
+		tk.Set(feeds.FieldSize, float64(rng.IntN(4000))/4)
+	}
+	for _, name := range extraFields {
+		if rng.IntN(3) == 0 {
+			tk.Set(name, rng.Float64()*1000-500)
+		}
+	}
+	rng.Shuffle(len(tk.Fields), func(i, j int) { tk.Fields[i], tk.Fields[j] = tk.Fields[j], tk.Fields[i] })
+	return tk
+}
+
+func priceTick(topic string, ts int64, price, size float64) feeds.Tick {
+	tk := feeds.Tick{Topic: topic, TS: ts}
+	tk.Set(feeds.FieldPrice, price)
+	tk.Set(feeds.FieldSize, size)
+	return tk
+}
+
+// mustPublish publishes and returns the seq.
+func mustPublish(t testing.TB, b *Bus, tk feeds.Tick) uint64 {
+	t.Helper()
+	seq, err := b.Publish("test", tk)
+	if err != nil {
+		t.Fatalf("Publish %+v: %v", tk, err)
+	}
+	return seq
+}
+
+// mustHandle sends a client message and fails on a protocol error.
+func mustHandle(t testing.TB, s *Subscriber, frame string) Result {
+	t.Helper()
+	res, err := s.Handle([]byte(frame))
+	if err != nil {
+		t.Fatalf("Handle %s: %v", frame, err)
+	}
+	return res
+}
+
+// drainAll takes every queued message without a transport.
+func drainAll(s *Subscriber) []Message { return s.drain(nil) }
+
+// tickLog records published ticks by topic and seq, safe for concurrent
+// use, so that any update can be checked against the ticks it covers.
+type tickLog struct {
+	mu    sync.Mutex
+	ticks map[string]map[uint64]feeds.Tick
+}
+
+func newTickLog() *tickLog { return &tickLog{ticks: map[string]map[uint64]feeds.Tick{}} }
+
+func (l *tickLog) add(tk feeds.Tick, seq uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m := l.ticks[tk.Topic]
+	if m == nil {
+		m = map[uint64]feeds.Tick{}
+		l.ticks[tk.Topic] = m
+	}
+	m[seq] = tk.Clone()
+}
+
+// ref is the reference update over the topic's ticks with seq in (from, to].
+func (l *tickLog) ref(topic string, from, to uint64) (ref, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var ticks []feeds.Tick
+	var seqs []uint64
+	for s := from + 1; s <= to; s++ {
+		tk, ok := l.ticks[topic][s]
+		if !ok {
+			return ref{}, fmt.Errorf("tick %s#%d not logged", topic, s)
+		}
+		ticks = append(ticks, tk)
+		seqs = append(seqs, s)
+	}
+	return refOf(ticks, seqs), nil
+}
+
+// publishLogged publishes and records a tick.
+func (l *tickLog) publish(t testing.TB, b *Bus, tk feeds.Tick) uint64 {
+	t.Helper()
+	seq := mustPublish(t, b, tk)
+	l.add(tk, seq)
+	return seq
+}
+
+// seqChecker follows one subscriber's messages per topic and checks the
+// delivery contract: after a snapshot at S every update covers exactly
+// the ticks after the previous message (no loss, no duplicate), seqs
+// strictly increase and the aggregates are exact.
+type seqChecker struct {
+	log  *tickLog
+	last map[string]uint64
+	have map[string]bool // a snapshot or update was seen
+	// needSnap: a reset must be followed by a snapshot.
+	needSnap map[string]bool
+	updates  int
+}
+
+func newSeqChecker(l *tickLog) *seqChecker {
+	return &seqChecker{log: l, last: map[string]uint64{}, have: map[string]bool{}, needSnap: map[string]bool{}}
+}
+
+// typeResumeMarker is a test-only message a test queues just before a
+// subscribe with a resume cursor, for seqChecker.
+const typeResumeMarker = "x-resume"
+
+// start makes the checker expect updates after seq of topic (a resume).
+func (c *seqChecker) start(topic string, seq uint64) { c.last[topic], c.have[topic] = seq, true }
+
+func (c *seqChecker) check(w wireMsg) error {
+	switch w.Type {
+	case typeResumeMarker:
+		c.start(w.Topic, w.Seq)
+	case TypeReset:
+		c.needSnap[w.Topic] = true
+	case TypeSnapshot:
+		if c.have[w.Topic] && w.Seq < c.last[w.Topic] {
+			return fmt.Errorf("%s: snapshot seq %d after seq %d", w.Topic, w.Seq, c.last[w.Topic])
+		}
+		c.last[w.Topic], c.have[w.Topic] = w.Seq, true
+		delete(c.needSnap, w.Topic)
+	case TypeUpdate:
+		c.updates++
+		if c.needSnap[w.Topic] {
+			return fmt.Errorf("%s: update after reset without snapshot", w.Topic)
+		}
+		prev := c.last[w.Topic]
+		if w.Seq <= prev {
+			return fmt.Errorf("%s: update seq %d after seq %d", w.Topic, w.Seq, prev)
+		}
+		if c.log != nil {
+			r, err := c.log.ref(w.Topic, prev, w.Seq)
+			if err != nil {
+				return err
+			}
+			if err := r.checkWire(w); err != nil {
+				return fmt.Errorf("%s: update (%d, %d]: %v", w.Topic, prev, w.Seq, err)
+			}
+		}
+		c.last[w.Topic], c.have[w.Topic] = w.Seq, true
+	}
+	return nil
+}
+
+func (c *seqChecker) checkAll(t testing.TB, ws []wireMsg) {
+	t.Helper()
+	for i, w := range ws {
+		if err := c.check(w); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+}
+
+// waitSeq polls tr until it has an update (or snapshot) of topic at seq
+// or later.
+func waitSeq(t testing.TB, tr *memTransport, topic string, seq uint64) {
+	t.Helper()
+	checkFor(t, 10*time.Second, time.Millisecond, func() error {
+		for _, m := range tr.messages() {
+			if (m.Type == TypeUpdate || m.Type == TypeSnapshot) && m.Topic == topic && m.Seq >= seq {
+				return nil
+			}
+		}
+		return fmt.Errorf("no message of %s at seq %d yet", topic, seq)
+	})
+}
+
+func ofType(ms []wireMsg, typ string) []wireMsg {
+	var out []wireMsg
+	for _, m := range ms {
+		if m.Type == typ {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+var errTransport = errors.New("transport failed")
