@@ -266,6 +266,11 @@ func ParseTick(data []byte) (Tick, error) {
 	if raw == nil {
 		return Tick{}, tickErr(ErrBadJSON, "want a JSON object")
 	}
+	// Refuse oversized objects before the per-field work, which is
+	// quadratic in the number of fields (they are few in a valid tick).
+	if len(raw) > MaxFields+5 { // + topic, ts, seq, epoch, fields
+		return Tick{}, tickErr(ErrTooManyField, "%d keys, at most %d fields", len(raw), MaxFields)
+	}
 	var t Tick
 	if v, ok := raw["topic"]; ok {
 		if err := json.Unmarshal(v, &t.Topic); err != nil {
@@ -289,6 +294,9 @@ func ParseTick(data []byte) (Tick, error) {
 			var custom map[string]json.RawMessage
 			if err := json.Unmarshal(v, &custom); err != nil {
 				return Tick{}, tickErr(ErrBadField, "fields must be an object of numbers")
+			}
+			if len(custom)+len(raw) > MaxFields+5 {
+				return Tick{}, tickErr(ErrTooManyField, "%d custom fields, at most %d fields", len(custom), MaxFields)
 			}
 			for name, fv := range custom {
 				if isMarketField(name) {

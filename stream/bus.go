@@ -235,7 +235,7 @@ func (b *Bus) topicFor(name string) (*topic, error) {
 	for s, ps := range b.patterns {
 		for p, interval := range ps {
 			if strings.HasPrefix(name, p) {
-				s.joinNew(t, interval, p)
+				s.joinNew(t, interval)
 				break
 			}
 		}
@@ -272,7 +272,7 @@ func (b *Bus) subscribePattern(s *Subscriber, prefix string, interval time.Durat
 	sort.Slice(matched, func(i, j int) bool { return matched[i].name < matched[j].name })
 	for _, t := range matched {
 		if !skip[t.name] {
-			s.join(t, interval, resume, prefix)
+			s.join(t, interval, resume, false)
 		}
 	}
 }
@@ -284,21 +284,21 @@ func (b *Bus) unsubscribePattern(s *Subscriber, prefix string) {
 	s.subMu.Lock()
 	delete(s.patterns, prefix)
 	var names []string
-	for name, m := range s.members {
-		if m.via == prefix {
+	for name := range s.members {
+		if strings.HasPrefix(name, prefix) {
 			names = append(names, name)
 		}
 	}
 	s.subMu.Unlock()
 	for _, name := range names {
-		s.leave(name, prefix)
+		s.leave(name, false)
 	}
 }
 
 // joinNew adds s to a topic that was just created (called with b.mu held,
 // before the topic's first tick, so no snapshot is needed).
-func (s *Subscriber) joinNew(t *topic, interval time.Duration, via string) {
-	s.keep(t.join(s, interval, nil, via))
+func (s *Subscriber) joinNew(t *topic, interval time.Duration) {
+	s.keep(t.join(s, interval, nil, false))
 }
 
 // NewSubscriber registers a subscriber for one connection of transport

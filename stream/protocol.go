@@ -152,7 +152,7 @@ func (s *Subscriber) subscribe(msg clientMessage) (Result, error) {
 	// Count what the client named: patterns, not the topics they expand to.
 	have, fresh := len(s.patterns), 0
 	for _, m := range s.members {
-		if m.via == "" {
+		if m.named {
 			have++
 		}
 	}
@@ -211,7 +211,7 @@ func (s *Subscriber) subscribe(msg clientMessage) (Result, error) {
 	}
 	named := make(map[string]bool, len(exact))
 	for _, t := range exact {
-		s.join(t, interval, msg.Resume, "")
+		s.join(t, interval, msg.Resume, true)
 		named[t.name] = true
 	}
 	for _, p := range patterns {
@@ -222,14 +222,21 @@ func (s *Subscriber) subscribe(msg clientMessage) (Result, error) {
 	return res, first
 }
 
-// join (re)subscribes s to t, replacing an earlier subscription.
-func (s *Subscriber) join(t *topic, interval time.Duration, resume map[string]Cursor, via string) {
-	s.leave(t.name, "")
+// join (re)subscribes s to t, replacing an earlier subscription: the
+// newest subscribe's throttle wins. A topic once named stays named when a
+// pattern re-joins it, so that dropping the pattern keeps it.
+func (s *Subscriber) join(t *topic, interval time.Duration, resume map[string]Cursor, named bool) {
+	s.subMu.Lock()
+	if old := s.members[t.name]; old != nil && old.named {
+		named = true
+	}
+	s.subMu.Unlock()
+	s.drop(t.name)
 	var cur *Cursor
 	if c, ok := resume[t.name]; ok {
 		cur = &c
 	}
-	s.keep(t.join(s, interval, cur, via))
+	s.keep(t.join(s, interval, cur, named))
 }
 
 // keep records a new membership. If the subscriber was released in the
@@ -250,21 +257,41 @@ func (s *Subscriber) keep(m *membership) {
 	}
 }
 
-// leave drops s's subscription to topic name; with via set, only if that
-// pattern added it.
-func (s *Subscriber) leave(name, via string) bool {
+// leave ends s's subscription to topic name unless something still asks
+// for it: the name itself (when a pattern is being dropped, exact is false)
+// or a remaining pattern (when the name is being dropped, exact is true).
+func (s *Subscriber) leave(name string, exact bool) {
 	s.subMu.Lock()
 	m := s.members[name]
-	if m == nil || (via != "" && m.via != via) {
+	if m == nil {
 		s.subMu.Unlock()
-		return false
+		return
 	}
+	if exact {
+		m.named = false
+	}
+	keep := m.named
+	for p := range s.patterns {
+		keep = keep || strings.HasPrefix(name, p)
+	}
+	s.subMu.Unlock()
+	if !keep {
+		s.drop(name)
+	}
+}
+
+// drop removes s's membership of topic name, if any.
+func (s *Subscriber) drop(name string) {
+	s.subMu.Lock()
+	m := s.members[name]
 	delete(s.members, name)
 	s.subMu.Unlock()
+	if m == nil {
+		return
+	}
 	m.topic.mu.Lock()
 	m.topic.remove(m)
 	m.topic.mu.Unlock()
-	return true
 }
 
 func (s *Subscriber) unsubscribe(msg clientMessage) (Result, error) {
@@ -284,7 +311,7 @@ func (s *Subscriber) unsubscribe(msg clientMessage) (Result, error) {
 			s.bus.unsubscribePattern(s, p)
 			continue
 		}
-		s.leave(name, "")
+		s.leave(name, true)
 	}
 	if len(res.Errors) > 0 {
 		s.spendErrorBudget()

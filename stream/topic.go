@@ -74,7 +74,7 @@ type membership struct {
 	group *group
 	index int         // in group.members; -1 while in join
 	join  *joinWindow // non-nil until the first flush after joining
-	via   string      // the pattern that added it, "" if named exactly
+	named bool        // the client named the topic (not only a pattern)
 }
 
 // publish applies one validated tick. It is called with t.mu unlocked.
@@ -225,7 +225,7 @@ const (
 // join subscribes s to t at interval. With a cursor it replays from
 // history, or sends reset + snapshot; without, a snapshot. Called with
 // t.mu unlocked; the caller records the membership.
-func (t *topic) join(s *Subscriber, interval time.Duration, cur *Cursor, via string) *membership {
+func (t *topic) join(s *Subscriber, interval time.Duration, cur *Cursor, named bool) *membership {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	epoch := t.bus.cfg.Epoch
@@ -250,7 +250,7 @@ func (t *topic) join(s *Subscriber, interval time.Duration, cur *Cursor, via str
 		g = &group{topic: t, interval: interval}
 		t.groups[interval] = g
 	}
-	m := &membership{sub: s, topic: t, group: g, index: -1, via: via}
+	m := &membership{sub: s, topic: t, group: g, index: -1, named: named}
 	if interval > 0 && !g.win.empty() {
 		var j *joinWindow
 		if n := len(g.joins); n > 0 && g.joins[n-1].afterSeq == t.seq {
