@@ -61,29 +61,6 @@ type env struct {
 // before they are used.
 func startServer(t testing.TB, mod func(*stream.BusConfig, *server.Config)) *env {
 	t.Helper()
-	return startServerSndBuf(t, 0, mod)
-}
-
-// sndBufListener sets SO_SNDBUF on accepted connections, which also turns
-// off the kernel's send-buffer autotuning (up to 4 MiB): a slow client's
-// backlog then sits in the server's queue, where the bus can see it.
-type sndBufListener struct {
-	net.Listener
-	size int
-}
-
-func (l sndBufListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetWriteBuffer(l.size)
-	}
-	return c, err
-}
-
-// startServerSndBuf is startServer with SO_SNDBUF sndBuf on the server's
-// sockets (0: the system default).
-func startServerSndBuf(t testing.TB, sndBuf int, mod func(*stream.BusConfig, *server.Config)) *env {
-	t.Helper()
 	reg := prometheus.NewRegistry()
 	bc := stream.BusConfig{
 		Heartbeat:       5 * time.Second,
@@ -107,9 +84,6 @@ func startServerSndBuf(t testing.TB, sndBuf int, mod func(*stream.BusConfig, *se
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
-	}
-	if sndBuf > 0 {
-		ln = sndBufListener{Listener: ln, size: sndBuf}
 	}
 	e := &env{
 		t: t, bus: bus, srv: srv, reg: reg, addr: ln.Addr().String(),

@@ -98,6 +98,7 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		AcceptRate:       s.AcceptRate,
 		AcceptBurst:      s.AcceptBurst,
 		MaxFrameBytes:    s.MaxFrameBytes,
+		SendBufferBytes:  sendBufferSetting(s.SendBufferBytes),
 	})
 	if err != nil {
 		ln.Close()
@@ -147,4 +148,13 @@ func throttleSetting(ms int) time.Duration {
 		return -1
 	}
 	return time.Duration(ms) * time.Millisecond
+}
+
+// sendBufferSetting maps send_buffer_bytes to Config.SendBufferBytes, where
+// zero means "the default" and a negative value means autotuning.
+func sendBufferSetting(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }

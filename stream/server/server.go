@@ -62,6 +62,12 @@ type Config struct {
 	MaxFrameBytes int
 	// MaxPublishBytes is the largest POST body. Zero value means 8 MiB.
 	MaxPublishBytes int
+	// SendBufferBytes is the kernel send buffer (SO_SNDBUF) of every
+	// accepted connection. A fixed size turns off Linux's autotuning (up
+	// to 4 MiB a socket), so a slow client's backlog stays in its queue,
+	// where the bus bounds it, merges it and sees that the client lags.
+	// Zero value means 256 KiB; negative means the system's autotuning.
+	SendBufferBytes int
 }
 
 func (c *Config) setDefaults() error {
@@ -94,6 +100,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxPublishBytes == 0 {
 		c.MaxPublishBytes = 8 << 20
+	}
+	if c.SendBufferBytes == 0 {
+		c.SendBufferBytes = 256 << 10
 	}
 	return nil
 }
@@ -169,11 +178,28 @@ func (s *Server) routes() {
 
 // Serve serves HTTP on ln until Shutdown; then it returns ErrServerClosed.
 func (s *Server) Serve(ln net.Listener) error {
+	if s.cfg.SendBufferBytes > 0 {
+		ln = sendBufferListener{Listener: ln, size: s.cfg.SendBufferBytes}
+	}
 	err := s.app.Listener(ln)
 	if s.draining.Load() {
 		return ErrServerClosed
 	}
 	return err
+}
+
+// sendBufferListener sets SO_SNDBUF on accepted TCP connections.
+type sendBufferListener struct {
+	net.Listener
+	size int
+}
+
+func (l sendBufferListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(l.size) // best effort: the kernel may clamp it
+	}
+	return c, err
 }
 
 // Shutdown stops accepting streams, disconnects every stream client with

@@ -37,6 +37,7 @@ type Settings struct {
 	RetryMS           int     `yaml:"retry_ms" help:"base of the jittered reconnect hint in close frames and SSE retry:" default:"1000" min:"100" max:"600000"`
 	AcceptRate        float64 `yaml:"accept_rate" help:"new /ws and /sse connections per second (token bucket)" default:"200" min:"1" max:"1000000"`
 	AcceptBurst       int     `yaml:"accept_burst" help:"token bucket size for new connections" default:"500" min:"1" max:"1000000"`
+	SendBufferBytes   int     `yaml:"send_buffer_bytes" help:"kernel send buffer (SO_SNDBUF) per connection, so a slow client's backlog stays where it is bounded; 0 = the system's autotuning" default:"262144" min:"0" max:"67108864"`
 	DisableWebSocket  bool    `yaml:"disable_websocket" help:"refuse /ws upgrades, as a proxy that blocks WebSocket would (clients fall back to SSE)" default:"false"`
 	ShutdownTimeoutMS int     `yaml:"shutdown_timeout_ms" help:"how long graceful shutdown may take" default:"5000" min:"100" max:"600000"`
 
