@@ -615,7 +615,7 @@ func TestStepDownNeverDrained(t *testing.T) {
 	}
 	ws := decodeAll(t, drainAll(s))
 	st := ofType(ws, TypeStatus)
-	if len(st) != 1 || st[0].Lagging == nil || !*st[0].Lagging || st[0].ThrottleMS != 1500 {
+	if len(st) != 1 || st[0].Lagging == nil || !*st[0].Lagging || st[0].ThrottleMS == nil || *st[0].ThrottleMS != 1500 {
 		t.Fatalf("status messages %+v, want one lagging:true throttle_ms:1500", st)
 	}
 	// Nothing was drained, so each topic's updates merged into one.

@@ -15,14 +15,7 @@ import (
 
 // jsonAgg and jsonUpdate are the wire update as encoding/json would write
 // it, field for field.
-type jsonAgg struct {
-	N int64    `json:"n"`
-	O *float64 `json:"o,omitempty"`
-	H *float64 `json:"h,omitempty"`
-	L *float64 `json:"l,omitempty"`
-	C *float64 `json:"c,omitempty"`
-	V float64  `json:"v"`
-}
+type jsonAgg = WireAgg
 
 type jsonUpdate struct {
 	Type  string             `json:"type"`

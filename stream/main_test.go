@@ -164,33 +164,11 @@ func deliver(t testing.TB, s *Subscriber, tr Transport) <-chan error {
 	return done
 }
 
-// wireMsg is any server message decoded with encoding/json.
-type wireMsg struct {
-	Type       string             `json:"type"`
-	Topic      string             `json:"topic"`
-	Epoch      string             `json:"epoch"`
-	Seq        uint64             `json:"seq"`
-	TS         int64              `json:"ts"`
-	Data       map[string]float64 `json:"data"`
-	Agg        *wireAgg           `json:"agg"`
-	Reason     string             `json:"reason"`
-	Lagging    *bool              `json:"lagging"`
-	ThrottleMS int64              `json:"throttle_ms"`
-	Code       string             `json:"code"`
-	Message    string             `json:"message"`
-	ID         json.RawMessage    `json:"id"`
-	Topics     []string           `json:"topics"`
-	Session    string             `json:"session"`
-}
-
-type wireAgg struct {
-	N int64    `json:"n"`
-	O *float64 `json:"o"`
-	H *float64 `json:"h"`
-	L *float64 `json:"l"`
-	C *float64 `json:"c"`
-	V float64  `json:"v"`
-}
+// wireMsg and wireAgg are server messages as a Go client decodes them.
+type (
+	wireMsg = WireMessage
+	wireAgg = WireAgg
+)
 
 func decodeMsg(t testing.TB, m Message) wireMsg {
 	t.Helper()

@@ -130,3 +130,24 @@ func Equal(got, want []feeds.Tick) string {
 	}
 	return ""
 }
+
+// BinanceTrades reads the shipped Binance trades CSV (trade_time_ms,
+// symbol, trade_id, price, qty, …) at path as the ticks a feed should
+// publish for it: topics BTC-USD and ETH-USD, price, size and the trade id
+// as a custom field.
+func BinanceTrades(t testing.TB, path string) []feeds.Tick {
+	t.Helper()
+	names := map[string]string{"BTCUSDT": "BTC-USD", "ETHUSDT": "ETH-USD"}
+	var ticks []feeds.Tick
+	for _, l := range Lines(t, path)[1:] {
+		r := strings.Split(l, ",")
+		ts, _ := strconv.ParseInt(r[0], 10, 64)
+		p, _ := strconv.ParseFloat(r[3], 64)
+		q, _ := strconv.ParseFloat(r[4], 64)
+		id, _ := strconv.ParseFloat(r[2], 64)
+		ticks = append(ticks, feeds.Tick{Topic: names[r[1]], TS: ts, Fields: []feeds.Field{
+			{Name: "price", Value: p}, {Name: "size", Value: q}, {Name: "trade_id", Value: id},
+		}})
+	}
+	return ticks
+}

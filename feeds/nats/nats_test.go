@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -38,23 +37,6 @@ func runServer(t *testing.T) *server.Server {
 		ns.WaitForShutdown()
 	})
 	return ns
-}
-
-// recorded returns the Binance trades file as ticks (BTC-USD, ETH-USD).
-func recorded(t *testing.T) []feeds.Tick {
-	names := map[string]string{"BTCUSDT": "BTC-USD", "ETHUSDT": "ETH-USD"}
-	var ticks []feeds.Tick
-	for _, l := range feedtest.Lines(t, binanceCSV)[1:] {
-		r := strings.Split(l, ",")
-		ts, _ := strconv.ParseInt(r[0], 10, 64)
-		p, _ := strconv.ParseFloat(r[3], 64)
-		q, _ := strconv.ParseFloat(r[4], 64)
-		id, _ := strconv.ParseFloat(r[2], 64)
-		ticks = append(ticks, feeds.Tick{Topic: names[r[1]], TS: ts, Fields: []feeds.Field{
-			{Name: "price", Value: p}, {Name: "size", Value: q}, {Name: "trade_id", Value: id},
-		}})
-	}
-	return ticks
 }
 
 // start runs a source until the test ends and waits for its subscription.
@@ -96,7 +78,7 @@ func publisher(t *testing.T, ns *server.Server) *natsgo.Conn {
 
 func TestRecordedTicksOverNATS(t *testing.T) {
 	t.Parallel()
-	want := recorded(t)
+	want := feedtest.BinanceTrades(t, binanceCSV)
 	tests := []struct {
 		name    string
 		opts    Options

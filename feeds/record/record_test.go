@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -52,23 +51,6 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
-}
-
-// recorded returns the Binance trades as ticks with a custom field.
-func recorded(t *testing.T) []feeds.Tick {
-	names := map[string]string{"BTCUSDT": "BTC-USD", "ETHUSDT": "ETH-USD"}
-	var ticks []feeds.Tick
-	for _, l := range feedtest.Lines(t, binanceCSV)[1:] {
-		r := strings.Split(l, ",")
-		ts, _ := strconv.ParseInt(r[0], 10, 64)
-		p, _ := strconv.ParseFloat(r[3], 64)
-		q, _ := strconv.ParseFloat(r[4], 64)
-		id, _ := strconv.ParseFloat(r[2], 64)
-		ticks = append(ticks, feeds.Tick{Topic: names[r[1]], TS: ts, Fields: []feeds.Field{
-			{Name: "price", Value: p}, {Name: "size", Value: q}, {Name: "trade_id", Value: id},
-		}})
-	}
-	return ticks
 }
 
 // serve runs a tickstream server for bus on addr ("127.0.0.1:0" for any
@@ -160,7 +142,7 @@ func byTopic(ticks []feeds.Tick, topic string) []feeds.Tick {
 }
 
 func TestRecordReplayRoundTrip(t *testing.T) {
-	ticks := recorded(t)
+	ticks := feedtest.BinanceTrades(t, binanceCSV)
 	bus, err := stream.NewBus(stream.BusConfig{HistoryDepth: 2000})
 	if err != nil {
 		t.Fatal(err)

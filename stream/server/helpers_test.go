@@ -245,36 +245,10 @@ func metricValue(typ dto.MetricType, m *dto.Metric) float64 {
 	return m.GetUntyped().GetValue()
 }
 
-// msg is any server message; fields a type does not use stay zero.
+// msg is any server message, with its raw text for failure messages.
 type msg struct {
-	Type        string             `json:"type"`
-	ID          json.RawMessage    `json:"id"`
-	Session     string             `json:"session"`
-	HeartbeatMS int64              `json:"heartbeat_ms"`
-	ServerTime  int64              `json:"server_time"`
-	Topic       string             `json:"topic"`
-	Topics      []string           `json:"topics"`
-	Epoch       string             `json:"epoch"`
-	Seq         uint64             `json:"seq"`
-	TS          int64              `json:"ts"`
-	Data        map[string]float64 `json:"data"`
-	Agg         *agg               `json:"agg"`
-	Reason      string             `json:"reason"`
-	Code        string             `json:"code"`
-	Message     string             `json:"message"`
-	Lagging     *bool              `json:"lagging"`
-	ThrottleMS  *int64             `json:"throttle_ms"`
-
+	stream.WireMessage
 	raw string
-}
-
-type agg struct {
-	N int64    `json:"n"`
-	O *float64 `json:"o"`
-	H *float64 `json:"h"`
-	L *float64 `json:"l"`
-	C *float64 `json:"c"`
-	V float64  `json:"v"`
 }
 
 func (m msg) String() string { return m.raw }

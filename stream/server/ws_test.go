@@ -128,7 +128,7 @@ func TestWSCoalescingExact(t *testing.T) {
 			t.Fatalf("update seq %d after %d", u.Seq, prev)
 		}
 		// The window covers seqs (prev, u.Seq].
-		var want agg
+		var want stream.WireAgg
 		var hi, lo, open, cl float64
 		for s := prev + 1; s <= u.Seq; s++ {
 			p := price[s]
