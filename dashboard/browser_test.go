@@ -342,15 +342,7 @@ type boardRow struct {
 	Cells  map[string]string `json:"cells"`
 }
 
-type bar struct {
-	T int64   `json:"t"`
-	O float64 `json:"o"`
-	H float64 `json:"h"`
-	L float64 `json:"l"`
-	C float64 `json:"c"`
-	V float64 `json:"v"`
-	N int64   `json:"n"`
-}
+type bar = stream.Candle
 
 type chartState struct {
 	Topic    string `json:"topic"`

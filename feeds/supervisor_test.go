@@ -120,15 +120,6 @@ func newTestSupervisor(t *testing.T, reg *feeds.Registry, sink feeds.Sink, promR
 	return s
 }
 
-func status(s *feeds.Supervisor, name string) feeds.Status {
-	for _, st := range s.Statuses() {
-		if st.Name == name {
-			return st
-		}
-	}
-	return feeds.Status{}
-}
-
 func TestSupervisorRestartsFailingFeeds(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -153,7 +144,7 @@ func TestSupervisorRestartsFailingFeeds(t *testing.T) {
 			// FailAfter is 3: the feed restarts, then shows as failed, and
 			// keeps being retried.
 			feedtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
-				st := status(s, "bad")
+				st := feedtest.FeedStatus(s, "bad")
 				if st.State != feeds.StateFailed || st.Restarts < 4 || !strings.Contains(st.LastError, tt.err) {
 					return fmt.Errorf("bad: %+v", st)
 				}
@@ -164,7 +155,7 @@ func TestSupervisorRestartsFailingFeeds(t *testing.T) {
 			}
 			// The other feed never noticed.
 			feedtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
-				if st := status(s, "good"); st.State != feeds.StateRunning || st.Ticks < 10 || st.Restarts != 0 {
+				if st := feedtest.FeedStatus(s, "good"); st.State != feeds.StateRunning || st.Ticks < 10 || st.Restarts != 0 {
 					return fmt.Errorf("good: %+v", st)
 				}
 				return nil
@@ -177,7 +168,7 @@ func TestSupervisorRestartsFailingFeeds(t *testing.T) {
 			bad.broken.Store(false)
 			bad.panics.Store(false)
 			feedtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
-				if st := status(s, "bad"); st.State != feeds.StateRunning || st.Failures != 0 || st.Ticks == 0 {
+				if st := feedtest.FeedStatus(s, "bad"); st.State != feeds.StateRunning || st.Failures != 0 || st.Ticks == 0 {
 					return fmt.Errorf("bad: %+v", st)
 				}
 				if !s.Ready() {
@@ -222,13 +213,13 @@ func TestSupervisorFinishedFeedIsNotRestarted(t *testing.T) {
 	s := newTestSupervisor(t, fakeRegistry(map[string]*behaviour{"once": b}), &feedtest.Sink{}, nil, fakeConfig("once", ""))
 	s.Start()
 	feedtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
-		if st := status(s, "once"); st.State != feeds.StateStopped || st.Ticks != 1 {
+		if st := feedtest.FeedStatus(s, "once"); st.State != feeds.StateStopped || st.Ticks != 1 {
 			return fmt.Errorf("once: %+v", st)
 		}
 		return nil
 	})
 	time.Sleep(20 * time.Millisecond) // long enough for a wrong restart to show
-	if st := status(s, "once"); st.Restarts != 0 || b.runs.Load() != 1 || st.LastError != "" {
+	if st := feedtest.FeedStatus(s, "once"); st.Restarts != 0 || b.runs.Load() != 1 || st.LastError != "" {
 		t.Errorf("finished feed was restarted: %+v, runs %d", st, b.runs.Load())
 	}
 	if !s.Ready() {
@@ -242,12 +233,12 @@ func TestSupervisorBackupTakesOverAndHandsBack(t *testing.T) {
 	sink := &feedtest.Sink{}
 	s := newTestSupervisor(t, fakeRegistry(map[string]*behaviour{"primary": primary, "backup": backup}), sink, nil,
 		fakeConfig("primary", "backup"), fakeConfig("backup", ""))
-	if st := status(s, "backup"); st.State != feeds.StateStandby {
+	if st := feedtest.FeedStatus(s, "backup"); st.State != feeds.StateStandby {
 		t.Fatalf("backup before start: %+v", st)
 	}
 	s.Start()
 	feedtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
-		if st := status(s, "primary"); st.State != feeds.StateRunning || st.Backup != "backup" {
+		if st := feedtest.FeedStatus(s, "primary"); st.State != feeds.StateRunning || st.Backup != "backup" {
 			return fmt.Errorf("primary: %+v", st)
 		}
 		return nil
@@ -257,10 +248,10 @@ func TestSupervisorBackupTakesOverAndHandsBack(t *testing.T) {
 	}
 
 	for round := range 2 { // take over and hand back twice
-		start := status(s, "backup").Ticks
+		start := feedtest.FeedStatus(s, "backup").Ticks
 		primary.broken.Store(true)
 		feedtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
-			p, b := status(s, "primary"), status(s, "backup")
+			p, b := feedtest.FeedStatus(s, "primary"), feedtest.FeedStatus(s, "backup")
 			if p.State == feeds.StateRunning || !p.ActiveBackup {
 				return fmt.Errorf("round %d: primary: %+v", round, p)
 			}
@@ -274,7 +265,7 @@ func TestSupervisorBackupTakesOverAndHandsBack(t *testing.T) {
 		})
 		primary.broken.Store(false)
 		feedtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
-			p, b := status(s, "primary"), status(s, "backup")
+			p, b := feedtest.FeedStatus(s, "primary"), feedtest.FeedStatus(s, "backup")
 			if p.State != feeds.StateRunning || p.ActiveBackup {
 				return fmt.Errorf("round %d: primary: %+v", round, p)
 			}
@@ -285,9 +276,9 @@ func TestSupervisorBackupTakesOverAndHandsBack(t *testing.T) {
 		})
 	}
 	// In standby, the backup publishes nothing.
-	n := status(s, "backup").Ticks
+	n := feedtest.FeedStatus(s, "backup").Ticks
 	time.Sleep(20 * time.Millisecond)
-	if m := status(s, "backup").Ticks; m != n {
+	if m := feedtest.FeedStatus(s, "backup").Ticks; m != n {
 		t.Errorf("standby backup published %d ticks", m-n)
 	}
 }
@@ -308,11 +299,11 @@ func TestSupervisorExternalSink(t *testing.T) {
 	if err := sink.Publish(feeds.Tick{Topic: "bad topic"}); err == nil {
 		t.Error("invalid tick accepted")
 	}
-	st := status(s, "publish")
+	st := feedtest.FeedStatus(s, "publish")
 	if st.State != feeds.StateRunning || st.Ticks != 3 || !st.External || st.Type != "http" || st.LastTick.IsZero() {
 		t.Errorf("external: %+v", st)
 	}
-	if s.ExternalSink("http", "http") == nil || status(s, "http-external").Name == "" {
+	if s.ExternalSink("http", "http") == nil || feedtest.FeedStatus(s, "http-external").Name == "" {
 		t.Error("a name clash with a configured feed is not renamed")
 	}
 }
@@ -397,7 +388,7 @@ func TestSupervisorMetricsRegistered(t *testing.T) {
 	s := newTestSupervisor(t, fakeRegistry(map[string]*behaviour{"m": b}), &feedtest.Sink{}, reg, fakeConfig("m", ""))
 	s.Start()
 	feedtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
-		if st := status(s, "m"); st.State != feeds.StateStopped {
+		if st := feedtest.FeedStatus(s, "m"); st.State != feeds.StateStopped {
 			return fmt.Errorf("m: %+v", st)
 		}
 		return nil
@@ -427,7 +418,7 @@ func TestSupervisorSharedBackup(t *testing.T) {
 	s.Start()
 	want := func(state feeds.State, covering ...string) func() error {
 		return func() error {
-			st := status(s, "spare")
+			st := feedtest.FeedStatus(s, "spare")
 			if st.State != state || fmt.Sprint(st.StandsInFor) != fmt.Sprint(covering) && len(covering)+len(st.StandsInFor) > 0 {
 				return fmt.Errorf("spare: %+v, want %s covering %v", st, state, covering)
 			}

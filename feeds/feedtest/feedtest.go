@@ -151,3 +151,13 @@ func BinanceTrades(t testing.TB, path string) []feeds.Tick {
 	}
 	return ticks
 }
+
+// FeedStatus returns the status of feed name, or a zero Status.
+func FeedStatus(s feeds.StatusReporter, name string) feeds.Status {
+	for _, st := range s.Statuses() {
+		if st.Name == name {
+			return st
+		}
+	}
+	return feeds.Status{}
+}

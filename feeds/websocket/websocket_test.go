@@ -351,15 +351,6 @@ func yamlOptions(t *testing.T, s string) yaml.Node {
 	return *n.Content[0]
 }
 
-func feedStatus(s *feeds.Supervisor, name string) feeds.Status {
-	for _, st := range s.Statuses() {
-		if st.Name == name {
-			return st
-		}
-	}
-	return feeds.Status{}
-}
-
 func TestReconnectResubscribes(t *testing.T) {
 	t.Parallel()
 	msgs := received(t, coinbaseCapture)
@@ -379,7 +370,7 @@ func TestReconnectResubscribes(t *testing.T) {
 	if diff := feedtest.Equal(sink.Ticks(), want); diff != "" {
 		t.Error(diff)
 	}
-	st := feedStatus(s, "cb")
+	st := feedtest.FeedStatus(s, "cb")
 	if st.Restarts != 1 || !strings.Contains(st.LastError, "maintenance") || st.Ticks != uint64(len(want)) {
 		t.Errorf("status %+v", st)
 	}
@@ -401,7 +392,7 @@ func TestUnreachableURL(t *testing.T) {
 		Options: yamlOptions(t, `{url: "ws://`+addr+`/ws", format: binance, symbols: [BTCUSDT]}`)})
 	s.Start()
 	feedtest.CheckFor(t, 5*time.Second, 2*time.Millisecond, func() error {
-		st := feedStatus(s, "ex")
+		st := feedtest.FeedStatus(s, "ex")
 		want := `feed "ex": options.url ws://` + addr + `/ws:`
 		if (st.State != feeds.StateRestarting && st.State != feeds.StateFailed) || !strings.Contains(st.LastError, want) || st.Restarts < 2 {
 			return fmt.Errorf("status %+v, want restarting with %q", st, want)
