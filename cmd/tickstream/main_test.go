@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/feeds/feedtest"
 )
 
@@ -155,6 +157,8 @@ func TestCommand(t *testing.T) {
 			t.Fatalf("got %d SSE updates: %v\n%s", updates, sc.Err(), stderr)
 		}
 
+		recordFromCommand(t, bin, addr)
+
 		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
@@ -211,4 +215,57 @@ func TestCommand(t *testing.T) {
 			})
 		}
 	})
+}
+
+// recordFromCommand runs `tickstream record` against the server at addr
+// until it has written a few ticks, stops it with SIGINT and checks that
+// the file holds valid ticks in the replay format, in order per topic.
+func recordFromCommand(t *testing.T, bin, addr string) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "rec.ndjson")
+	rec := exec.Command(bin, "record", "--topics", "BTC-USD,ETH-USD", "--out", out, "--url", "ws://"+addr+"/ws")
+	stderr := newSyncBuffer()
+	rec.Stderr = stderr
+	if err := rec.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- rec.Wait() }()
+	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		b, err := os.ReadFile(out)
+		if n := bytes.Count(b, []byte("\n")); err != nil || n < 20 {
+			return fmt.Errorf("%d lines recorded (%v)", n, err)
+		}
+		return nil
+	})
+	if err := rec.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("record exit: %v\n%s", err, stderr)
+		}
+	case <-time.After(5 * time.Second):
+		_ = rec.Process.Kill()
+		t.Fatalf("record still running 5 s after SIGINT\n%s", stderr)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lastTS := map[string]int64{}
+	for i, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		tick, err := feeds.ParseTick([]byte(line))
+		if err != nil {
+			t.Fatalf("line %d %q: %v", i+1, line, err)
+		}
+		if _, ok := tick.Get(feeds.FieldPrice); !ok || tick.TS < lastTS[tick.Topic] {
+			t.Fatalf("line %d %q: want a price and ts not before %d", i+1, line, lastTS[tick.Topic])
+		}
+		lastTS[tick.Topic] = tick.TS
+	}
+	if len(lastTS) != 2 {
+		t.Errorf("recorded topics %v, want BTC-USD and ETH-USD", lastTS)
+	}
 }
