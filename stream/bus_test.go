@@ -87,9 +87,7 @@ func TestThrottleZeroOneUpdatePerTick(t *testing.T) {
 	log := newTickLog()
 	rng := rand.New(rand.NewPCG(1, 2))
 	log.publish(t, b, randTick(rng, "Z", baseTS))
-	s := newTestSub(t, b)
-	tr := &memTransport{}
-	deliver(t, s, tr)
+	s, tr := delivering(t, b)
 	mustHandle(t, s, `{"op":"subscribe","id":1,"topics":["Z"],"throttle_ms":0}`)
 	const n = 500
 	var last uint64
@@ -119,9 +117,7 @@ func TestThrottledUpdatesCoalesce(t *testing.T) {
 	log := newTickLog()
 	rng := rand.New(rand.NewPCG(3, 4))
 	log.publish(t, b, randTick(rng, "T", baseTS))
-	s := newTestSub(t, b)
-	tr := &memTransport{}
-	deliver(t, s, tr)
+	s, tr := delivering(t, b)
 	mustHandle(t, s, `{"op":"subscribe","id":1,"topics":["T"],"throttle_ms":20}`)
 	const bursts, perBurst = 10, 50
 	var last uint64
@@ -381,9 +377,7 @@ func TestResumeThrottled(t *testing.T) {
 		ts = append(ts, baseTS+int64(i)*300) // 3-4 ticks per second
 		log.publish(t, b, randTick(rng, "RT", ts[i]))
 	}
-	s := newTestSub(t, b)
-	tr := &memTransport{}
-	deliver(t, s, tr)
+	s, tr := delivering(t, b)
 	mustHandle(t, s, `{"op":"subscribe","topics":["RT"],"throttle_ms":1000,"resume":{"RT":{"epoch":"e1","seq":5}}}`)
 	last := log.publish(t, b, randTick(rng, "RT", baseTS+100_000))
 	waitSeq(t, tr, "RT", last)

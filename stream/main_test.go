@@ -66,6 +66,16 @@ func newTestSub(t testing.TB, b *Bus) *Subscriber {
 	return s
 }
 
+// delivering returns a new subscriber of b whose messages Deliver writes
+// to a fresh memTransport until the test ends.
+func delivering(t testing.TB, b *Bus) (*Subscriber, *memTransport) {
+	t.Helper()
+	s := newTestSub(t, b)
+	tr := &memTransport{}
+	deliver(t, s, tr)
+	return s, tr
+}
+
 // memTransport is an in-memory Transport that records what it is given.
 // It can be made to block (until unblock) or fail.
 type memTransport struct {
