@@ -3,59 +3,14 @@ package stream
 import (
 	"time"
 
-	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
-
-// Agg is what happened inside one coalescing window.
-type Agg struct {
-	N        int64   // ticks folded in
-	O        float64 // first price
-	H        float64 // highest price
-	L        float64 // lowest price
-	C        float64 // last price
-	V        float64 // sum of size
-	HasPrice bool    // whether any tick in the window carried a price
-}
-
-// foldPrice adds one price to the OHLC.
-func (a *Agg) foldPrice(p float64) {
-	if !a.HasPrice {
-		a.O, a.H, a.L, a.C, a.HasPrice = p, p, p, p, true
-		return
-	}
-	if p > a.H {
-		a.H = p
-	}
-	if p < a.L {
-		a.L = p
-	}
-	a.C = p
-}
-
-// Merge folds b, which happened after a, into a.
-func (a *Agg) Merge(b Agg) {
-	a.N += b.N
-	a.V += b.V
-	if !b.HasPrice {
-		return
-	}
-	if !a.HasPrice {
-		a.O, a.H, a.L, a.C, a.HasPrice = b.O, b.H, b.L, b.C, true
-		return
-	}
-	if b.H > a.H {
-		a.H = b.H
-	}
-	if b.L < a.L {
-		a.L = b.L
-	}
-	a.C = b.C
-}
 
 // window accumulates ticks between two flushes.
 type window struct {
-	agg      Agg
-	data     []feeds.Field
+	agg      protocol.Agg
+	data     []tick.Field
 	seq      uint64
 	ts       int64
 	accepted time.Time
@@ -63,13 +18,13 @@ type window struct {
 
 func (w *window) empty() bool { return w.agg.N == 0 }
 
-func (w *window) fold(t *feeds.Tick, seq uint64, accepted time.Time) {
+func (w *window) fold(t *tick.Tick, seq uint64, accepted time.Time) {
 	w.agg.N++
 	for _, f := range t.Fields {
 		switch f.Name {
-		case feeds.FieldPrice:
-			w.agg.foldPrice(f.Value)
-		case feeds.FieldSize:
+		case tick.FieldPrice:
+			w.agg.FoldPrice(f.Value)
+		case tick.FieldSize:
 			w.agg.V += f.Value
 		}
 	}
@@ -84,17 +39,17 @@ func (w *window) take(topic, epoch string) *Update {
 		Epoch:    epoch,
 		Seq:      w.seq,
 		TS:       w.ts,
-		Data:     append([]feeds.Field(nil), w.data...),
+		Data:     append([]tick.Field(nil), w.data...),
 		Agg:      w.agg,
 		Accepted: w.accepted,
 	}
-	w.agg = Agg{}
+	w.agg = protocol.Agg{}
 	w.data = w.data[:0]
 	return u
 }
 
 // mergeFields sets every field of src in dst (MERGE semantics).
-func mergeFields(dst, src []feeds.Field) []feeds.Field {
+func mergeFields(dst, src []tick.Field) []tick.Field {
 next:
 	for _, f := range src {
 		for i := range dst {
@@ -115,15 +70,15 @@ type Update struct {
 	Epoch    string
 	Seq      uint64 // seq of the last tick folded in
 	TS       int64  // source time of the last tick folded in
-	Data     []feeds.Field
-	Agg      Agg
+	Data     []tick.Field
+	Agg      protocol.Agg
 	Accepted time.Time // when the bus accepted the last tick folded in
 	json     []byte
 }
 
 // encoded fills in the wire encoding before u is shared, and returns u.
 func (u *Update) encoded() *Update {
-	u.json = appendUpdate(nil, u)
+	u.json = protocol.AppendUpdate(nil, u.Topic, u.Epoch, u.Seq, u.TS, u.Data, &u.Agg)
 	return u
 }
 
@@ -137,7 +92,7 @@ func (u *Update) mergedWith(later *Update) *Update {
 		Epoch:    later.Epoch,
 		Seq:      later.Seq,
 		TS:       later.TS,
-		Data:     mergeFields(append([]feeds.Field(nil), u.Data...), later.Data),
+		Data:     mergeFields(append([]tick.Field(nil), u.Data...), later.Data),
 		Agg:      u.Agg,
 		Accepted: later.Accepted,
 	}

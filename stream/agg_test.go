@@ -8,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
 func cloneUpdate(u *Update) Update {
@@ -24,8 +25,8 @@ func sameUpdate(a, b Update) bool {
 }
 
 // randTicks returns n random ticks of topic with increasing ts.
-func randTicks(rng *rand.Rand, topic string, n int) []feeds.Tick {
-	ticks := make([]feeds.Tick, n)
+func randTicks(rng *rand.Rand, topic string, n int) []tick.Tick {
+	ticks := make([]tick.Tick, n)
 	ts := int64(1_700_000_000_000)
 	for i := range ticks {
 		ts += rng.Int64N(500)
@@ -45,7 +46,7 @@ func seqRange(from uint64, n int) []uint64 {
 // foldWindows folds ticks (seqs 1..n) into windows split at random
 // points and returns one encoded update per window with the window's
 // bounds.
-func foldWindows(t *testing.T, rng *rand.Rand, ticks []feeds.Tick) (ups []*Update, bounds [][2]int) {
+func foldWindows(t *testing.T, rng *rand.Rand, ticks []tick.Tick) (ups []*Update, bounds [][2]int) {
 	t.Helper()
 	var w window
 	start := 0
@@ -93,7 +94,7 @@ func TestCoalesceProperty(t *testing.T) {
 		}
 
 		// Agg.Merge alone, random grouping of adjacent aggregates.
-		aggs := make([]Agg, len(ups))
+		aggs := make([]protocol.Agg, len(ups))
 		for i, u := range ups {
 			aggs[i] = u.Agg
 		}
@@ -102,7 +103,7 @@ func TestCoalesceProperty(t *testing.T) {
 			aggs[i].Merge(aggs[i+1])
 			aggs = slices.Delete(aggs, i+1, i+2)
 		}
-		if aggs[0] != (Agg{N: all.n, O: all.o, H: all.h, L: all.l, C: all.c, V: all.v, HasPrice: all.hasPrice}) {
+		if aggs[0] != (protocol.Agg{N: all.n, O: all.o, H: all.h, L: all.l, C: all.c, V: all.v, HasPrice: all.hasPrice}) {
 			t.Fatalf("seed %d: Agg.Merge: %+v, want %+v", seed, aggs[0], all)
 		}
 
@@ -150,21 +151,21 @@ func TestCoalesceProperty(t *testing.T) {
 
 func TestAggMerge(t *testing.T) {
 	t.Parallel()
-	price := func(n int64, o, h, l, c, v float64) Agg {
-		return Agg{N: n, O: o, H: h, L: l, C: c, V: v, HasPrice: true}
+	price := func(n int64, o, h, l, c, v float64) protocol.Agg {
+		return protocol.Agg{N: n, O: o, H: h, L: l, C: c, V: v, HasPrice: true}
 	}
 	tests := []struct {
 		name string
-		a, b Agg
-		want Agg
+		a, b protocol.Agg
+		want protocol.Agg
 	}{
-		{"both empty", Agg{}, Agg{}, Agg{}},
-		{"no price then price", Agg{N: 2, V: 3}, price(1, 5, 5, 5, 5, 1), price(3, 5, 5, 5, 5, 4)},
-		{"price then no price", price(1, 5, 6, 4, 5, 1), Agg{N: 4, V: 2}, price(5, 5, 6, 4, 5, 3)},
+		{"both empty", protocol.Agg{}, protocol.Agg{}, protocol.Agg{}},
+		{"no price then price", protocol.Agg{N: 2, V: 3}, price(1, 5, 5, 5, 5, 1), price(3, 5, 5, 5, 5, 4)},
+		{"price then no price", price(1, 5, 6, 4, 5, 1), protocol.Agg{N: 4, V: 2}, price(5, 5, 6, 4, 5, 3)},
 		{"new high", price(2, 5, 6, 4, 5, 0), price(1, 7, 9, 7, 8, 0), price(3, 5, 9, 4, 8, 0)},
 		{"new low", price(2, 5, 6, 4, 5, 0), price(1, 3, 3, 1, 2, 0), price(3, 5, 6, 1, 2, 0)},
 		{"negative prices", price(1, -1, -1, -1, -1, 0), price(1, -3, -2, -5, -4, 0), price(2, -1, -1, -5, -4, 0)},
-		{"zero price counts", Agg{N: 1}, price(1, 0, 0, 0, 0, 0), price(2, 0, 0, 0, 0, 0)},
+		{"zero price counts", protocol.Agg{N: 1}, price(1, 0, 0, 0, 0, 0), price(2, 0, 0, 0, 0, 0)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -180,16 +181,16 @@ func TestAggMerge(t *testing.T) {
 
 func TestMergeFields(t *testing.T) {
 	t.Parallel()
-	f := func(kv ...any) []feeds.Field {
-		var out []feeds.Field
+	f := func(kv ...any) []tick.Field {
+		var out []tick.Field
 		for i := 0; i < len(kv); i += 2 {
-			out = append(out, feeds.Field{Name: kv[i].(string), Value: kv[i+1].(float64)})
+			out = append(out, tick.Field{Name: kv[i].(string), Value: kv[i+1].(float64)})
 		}
 		return out
 	}
 	tests := []struct {
 		name          string
-		dst, src, out []feeds.Field
+		dst, src, out []tick.Field
 	}{
 		{"empty", nil, nil, nil},
 		{"into empty", nil, f("a", 1.0), f("a", 1.0)},
@@ -263,18 +264,18 @@ func TestStepDownProperty(t *testing.T) {
 				}
 				want = append(want, stepItem{topic: topic, from: from, to: u.Seq})
 			case k < 8:
-				m := Message{Type: TypeSnapshot, Topic: topic, Epoch: "e1", Seq: seq[topic],
-					JSON: appendSnapshot(nil, topic, "e1", seq[topic], 1, nil)}
+				m := Message{Type: protocol.TypeSnapshot, Topic: topic, Epoch: "e1", Seq: seq[topic],
+					JSON: protocol.AppendSnapshot(nil, topic, "e1", seq[topic], 1, nil)}
 				s.push(m)
 				delete(mergeable, topic)
 				want = append(want, stepItem{msg: m})
 			case k < 9:
-				m := Message{Type: TypeReset, Topic: topic, JSON: encodeReset(topic, ResetHistoryGap)}
+				m := Message{Type: protocol.TypeReset, Topic: topic, JSON: protocol.EncodeReset(topic, protocol.ResetHistoryGap)}
 				s.push(m)
 				delete(mergeable, topic)
 				want = append(want, stepItem{msg: m})
 			default:
-				m := Message{Type: TypePong, JSON: encodePong([]byte(fmt.Sprint(rng.IntN(100))))}
+				m := Message{Type: protocol.TypePong, JSON: protocol.EncodePong([]byte(fmt.Sprint(rng.IntN(100))))}
 				s.push(m)
 				want = append(want, stepItem{msg: m})
 			}
@@ -304,7 +305,7 @@ func TestStepDownProperty(t *testing.T) {
 			mergeable[it.topic] = len(merged)
 			merged = append(merged, it)
 		}
-		status := Message{Type: TypeStatus, JSON: encodeStatus(true, 1500)}
+		status := Message{Type: protocol.TypeStatus, JSON: protocol.EncodeStatus(true, 1500)}
 		want = append(merged, stepItem{msg: status})
 		lagging = true
 
@@ -331,7 +332,7 @@ func TestStepDownProperty(t *testing.T) {
 				}
 				continue
 			}
-			if m.Type != TypeUpdate || m.Topic != it.topic {
+			if m.Type != protocol.TypeUpdate || m.Topic != it.topic {
 				t.Fatalf("seed %d: message %d is %s, want an update of %s", seed, i, m.JSON, it.topic)
 			}
 			r, err := log.ref(it.topic, it.from, it.to)

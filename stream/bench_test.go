@@ -5,17 +5,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
 )
 
 // benchTick is a typical market tick: five fields.
-func benchTick(topic string, i int) feeds.Tick {
-	return feeds.Tick{Topic: topic, TS: baseTS + int64(i), Fields: []feeds.Field{
-		{Name: feeds.FieldPrice, Value: 100 + float64(i%100)/8},
-		{Name: feeds.FieldSize, Value: float64(i%7) + 0.5},
-		{Name: feeds.FieldBid, Value: 99.5},
-		{Name: feeds.FieldAsk, Value: 100.5},
-		{Name: feeds.FieldVolume, Value: float64(i)},
+func benchTick(topic string, i int) tick.Tick {
+	return tick.Tick{Topic: topic, TS: baseTS + int64(i), Fields: []tick.Field{
+		{Name: tick.FieldPrice, Value: 100 + float64(i%100)/8},
+		{Name: tick.FieldSize, Value: float64(i%7) + 0.5},
+		{Name: tick.FieldBid, Value: 99.5},
+		{Name: tick.FieldAsk, Value: 100.5},
+		{Name: tick.FieldVolume, Value: float64(i)},
 	}}
 }
 
@@ -59,7 +59,7 @@ func BenchmarkFanoutThrottle0(b *testing.B) {
 			bus := newTestBus(b, BusConfig{})
 			mustPublish(b, bus, benchTick("B", 0))
 			subs := benchSubs(b, bus, "B", n, 0)
-			ticks := make([]feeds.Tick, 64)
+			ticks := make([]tick.Tick, 64)
 			for i := range ticks {
 				ticks[i] = benchTick("B", i)
 			}
@@ -96,7 +96,7 @@ func BenchmarkFanoutThrottled(b *testing.B) {
 			mustPublish(b, bus, benchTick("B", 0))
 			subs := benchSubs(b, bus, "B", n, 100)
 			tp := bus.lookup("B")
-			ticks := make([]feeds.Tick, 64)
+			ticks := make([]tick.Tick, 64)
 			for i := range ticks {
 				ticks[i] = benchTick("B", i)
 			}
@@ -131,7 +131,7 @@ func BenchmarkFanoutThrottled(b *testing.B) {
 
 func BenchmarkPublishNoSubscribers(b *testing.B) {
 	bus := newTestBus(b, BusConfig{})
-	ticks := make([]feeds.Tick, 64)
+	ticks := make([]tick.Tick, 64)
 	for i := range ticks {
 		ticks[i] = benchTick("B", i)
 	}

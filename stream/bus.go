@@ -13,7 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
 // BusConfig configures a Bus. Every zero value means the documented default.
@@ -166,41 +167,43 @@ func (b *Bus) Config() BusConfig { return b.cfg }
 func (b *Bus) Metrics() *Metrics { return b.metrics }
 
 // Publish validates and accepts one tick from feed. It returns the tick's
-// seq, or a *feeds.TickError, ErrTooManyTopic or ErrClosed.
-func (b *Bus) Publish(feed string, tick feeds.Tick) (uint64, error) {
-	return b.publish(tick, b.metrics.ticksIn.WithLabelValues(feed), b.metrics.ticksRefused.WithLabelValues(feed))
+// seq, or a *tick.Error, ErrTooManyTopic or ErrClosed.
+func (b *Bus) Publish(feed string, tk tick.Tick) (uint64, error) {
+	return b.publish(tk, b.metrics.ticksIn.WithLabelValues(feed), b.metrics.ticksRefused.WithLabelValues(feed))
 }
 
-func (b *Bus) publish(tick feeds.Tick, in, refused prometheus.Counter) (uint64, error) {
-	if err := tick.Validate(); err != nil {
+func (b *Bus) publish(tk tick.Tick, in, refused prometheus.Counter) (uint64, error) {
+	if err := tk.Validate(); err != nil {
 		refused.Inc()
 		return 0, err
 	}
 	now := b.cfg.Now()
-	if tick.TS == 0 {
-		tick.TS = now.UnixMilli()
+	if tk.TS == 0 {
+		tk.TS = now.UnixMilli()
 	}
-	t, err := b.topicFor(tick.Topic)
+	t, err := b.topicFor(tk.Topic)
 	if err != nil {
 		refused.Inc()
 		return 0, err
 	}
-	seq := t.publish(&tick, now)
+	seq := t.publish(&tk, now)
 	in.Inc()
 	return seq, nil
 }
 
-// Sink returns a feeds.Sink that publishes as feed.
-func (b *Bus) Sink(feed string) feeds.Sink {
-	return &busSink{bus: b, in: b.metrics.ticksIn.WithLabelValues(feed), refused: b.metrics.ticksRefused.WithLabelValues(feed)}
+// Sink returns the sink a feed publishes into (it satisfies feeds.Sink).
+func (b *Bus) Sink(feed string) *FeedSink {
+	return &FeedSink{bus: b, in: b.metrics.ticksIn.WithLabelValues(feed), refused: b.metrics.ticksRefused.WithLabelValues(feed)}
 }
 
-type busSink struct {
+// FeedSink publishes one feed's ticks, counted under its name.
+type FeedSink struct {
 	bus         *Bus
 	in, refused prometheus.Counter
 }
 
-func (s *busSink) Publish(t feeds.Tick) error {
+// Publish validates and accepts t; see Bus.Publish.
+func (s *FeedSink) Publish(t tick.Tick) error {
 	_, err := s.bus.publish(t, s.in, s.refused)
 	return err
 }
@@ -245,7 +248,7 @@ func (b *Bus) topicFor(name string) (*topic, error) {
 
 // subscribePattern subscribes s to every topic starting with prefix, now
 // and later.
-func (b *Bus) subscribePattern(s *Subscriber, prefix string, interval time.Duration, resume map[string]Cursor, skip map[string]bool) {
+func (b *Bus) subscribePattern(s *Subscriber, prefix string, interval time.Duration, resume map[string]protocol.Cursor, skip map[string]bool) {
 	b.mu.Lock()
 	if _, open := b.subs[s]; !open { // released: it must not join new topics
 		b.mu.Unlock()
@@ -414,7 +417,7 @@ func (b *Bus) CandlesSeq(name, interval string, limit int) ([]Candle, uint64, er
 	return bars, seq, nil
 }
 
-// Close disconnects every subscriber with DisconnectShutdown, stops the
+// Close disconnects every subscriber with protocol.DisconnectShutdown, stops the
 // flushers and waits for them, or returns ctx.Err() if ctx ends first.
 // Publishing to a closed bus of a new topic fails with ErrClosed.
 func (b *Bus) Close(ctx context.Context) error {
@@ -426,7 +429,7 @@ func (b *Bus) Close(ctx context.Context) error {
 	}
 	b.mu.Unlock()
 	for _, s := range subs {
-		s.Close(DisconnectShutdown)
+		s.Close(protocol.DisconnectShutdown)
 	}
 	b.flMu.Lock()
 	b.flClosed = true

@@ -13,7 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
 const baseTS = int64(1_700_000_000_000)
@@ -96,10 +97,10 @@ func TestThrottleZeroOneUpdatePerTick(t *testing.T) {
 	}
 	waitSeq(t, tr, "Z", last)
 	ws := decodeAll(t, tr.messages())
-	if ws[0].Type != TypeAck || ws[1].Type != TypeSnapshot || ws[1].Seq != 1 {
+	if ws[0].Type != protocol.TypeAck || ws[1].Type != protocol.TypeSnapshot || ws[1].Seq != 1 {
 		t.Fatalf("want ack then snapshot at seq 1, got %+v %+v", ws[0], ws[1])
 	}
-	ups := ofType(ws, TypeUpdate)
+	ups := ofType(ws, protocol.TypeUpdate)
 	if len(ups) != n {
 		t.Fatalf("%d updates, want %d (one per tick)", len(ups), n)
 	}
@@ -128,7 +129,7 @@ func TestThrottledUpdatesCoalesce(t *testing.T) {
 		waitSeq(t, tr, "T", last)
 	}
 	ws := decodeAll(t, tr.messages())
-	ups := ofType(ws, TypeUpdate)
+	ups := ofType(ws, protocol.TypeUpdate)
 	if len(ups) < bursts || len(ups) >= bursts*perBurst {
 		t.Fatalf("%d updates for %d ticks in %d bursts: want coalescing", len(ups), bursts*perBurst, bursts)
 	}
@@ -190,12 +191,12 @@ func TestJoinMidWindow(t *testing.T) {
 	wantSnap := map[string]uint64{"A": 1, "B": 3, "C": 4, "D": 4, "E": 4}
 	for name, s := range subs {
 		ws := decodeAll(t, drainAll(s))
-		snaps := ofType(ws, TypeSnapshot)
+		snaps := ofType(ws, protocol.TypeSnapshot)
 		if len(snaps) != 1 || snaps[0].Seq != wantSnap[name] {
 			t.Errorf("%s: snapshots %+v, want one at %d", name, snaps, wantSnap[name])
 		}
 		var ns []int64
-		for _, u := range ofType(ws, TypeUpdate) {
+		for _, u := range ofType(ws, protocol.TypeUpdate) {
 			ns = append(ns, u.Agg.N)
 		}
 		if !slices.Equal(ns, wantN[name]) {
@@ -291,10 +292,10 @@ func TestResume(t *testing.T) {
 		snapshot   bool
 	}{
 		{"no cursor", ``, "", nil, true},
-		{"wrong epoch", `{"epoch":"e0","seq":15}`, ResetEpoch, nil, true},
-		{"future cursor", `{"epoch":"e1","seq":21}`, ResetBadCursor, nil, true},
-		{"too old", `{"epoch":"e1","seq":11}`, ResetHistoryGap, nil, true},
-		{"zero too old", `{"epoch":"e1","seq":0}`, ResetHistoryGap, nil, true},
+		{"wrong epoch", `{"epoch":"e0","seq":15}`, protocol.ResetEpoch, nil, true},
+		{"future cursor", `{"epoch":"e1","seq":21}`, protocol.ResetBadCursor, nil, true},
+		{"too old", `{"epoch":"e1","seq":11}`, protocol.ResetHistoryGap, nil, true},
+		{"zero too old", `{"epoch":"e1","seq":0}`, protocol.ResetHistoryGap, nil, true},
 		{"oldest kept", `{"epoch":"e1","seq":12}`, "", []uint64{13, 14, 15, 16, 17, 18, 19, 20}, false},
 		{"middle", `{"epoch":"e1","seq":17}`, "", []uint64{18, 19, 20}, false},
 		{"up to date", `{"epoch":"e1","seq":20}`, "", nil, false},
@@ -316,18 +317,18 @@ func TestResume(t *testing.T) {
 			mustHandle(t, s, frame)
 			log.publish(t, b, randTick(rng, "R", baseTS+100)) // live: 21
 			ws := decodeAll(t, drainAll(s))
-			if ws[0].Type != TypeAck || string(ws[0].ID) != `"x"` {
+			if ws[0].Type != protocol.TypeAck || string(ws[0].ID) != `"x"` {
 				t.Fatalf("first message %+v, want ack", ws[0])
 			}
 			ws = ws[1:]
 			if tt.reset != "" {
-				if ws[0].Type != TypeReset || ws[0].Reason != tt.reset || ws[0].Topic != "R" {
+				if ws[0].Type != protocol.TypeReset || ws[0].Reason != tt.reset || ws[0].Topic != "R" {
 					t.Fatalf("got %+v, want reset %s", ws[0], tt.reset)
 				}
 				ws = ws[1:]
 			}
 			if tt.snapshot {
-				if ws[0].Type != TypeSnapshot || ws[0].Seq != 20 || ws[0].Epoch != "e1" {
+				if ws[0].Type != protocol.TypeSnapshot || ws[0].Seq != 20 || ws[0].Epoch != "e1" {
 					t.Fatalf("got %+v, want snapshot at 20", ws[0])
 				}
 				want := map[string]float64{}
@@ -343,7 +344,7 @@ func TestResume(t *testing.T) {
 			}
 			var seqs []uint64
 			for _, w := range ws {
-				if w.Type != TypeUpdate {
+				if w.Type != protocol.TypeUpdate {
 					t.Fatalf("unexpected %+v", w)
 				}
 				seqs = append(seqs, w.Seq)
@@ -353,7 +354,7 @@ func TestResume(t *testing.T) {
 			}
 			c := newSeqChecker(log)
 			if !tt.snapshot {
-				var cur Cursor
+				var cur protocol.Cursor
 				fmt.Sscanf(tt.resume, `{"epoch":"e1","seq":%d}`, &cur.Seq)
 				c.start("R", cur.Seq)
 			} else {
@@ -385,7 +386,7 @@ func TestResumeThrottled(t *testing.T) {
 	c := newSeqChecker(log)
 	c.start("RT", 5)
 	c.checkAll(t, ws)
-	if len(ofType(ws, TypeSnapshot)) != 0 || len(ofType(ws, TypeReset)) != 0 {
+	if len(ofType(ws, protocol.TypeSnapshot)) != 0 || len(ofType(ws, protocol.TypeReset)) != 0 {
 		t.Fatalf("resume sent a snapshot or reset: %+v", ws)
 	}
 	// Replayed updates: one per second of source time of ticks 6..40.
@@ -393,7 +394,7 @@ func TestResumeThrottled(t *testing.T) {
 	for _, x := range ts[5:] {
 		buckets[x/1000] = true
 	}
-	ups := ofType(ws, TypeUpdate)
+	ups := ofType(ws, protocol.TypeUpdate)
 	if len(ups) != len(buckets)+1 {
 		t.Fatalf("%d updates, want %d replayed + 1 live", len(ups), len(buckets))
 	}
@@ -435,7 +436,7 @@ func TestPatternGetsNewTopics(t *testing.T) {
 	log.publish(t, b, randTick(rng, "crypto.BTC", baseTS))
 	log.publish(t, b, randTick(rng, "crypto.NEW", baseTS))
 	ws = decodeAll(t, drainAll(s))
-	if len(ws) != 1 || ws[0].Type != TypeAck {
+	if len(ws) != 1 || ws[0].Type != protocol.TypeAck {
 		t.Fatalf("after unsubscribe got %+v, want only the ack", ws)
 	}
 	checkNoGroups(t, b)
@@ -449,7 +450,7 @@ func TestPatternEverything(t *testing.T) {
 	for _, name := range []string{"a", "b.c", "Z:1/x-y_z"} {
 		mustPublish(t, b, priceTick(name, baseTS, 1, 1))
 	}
-	if ups := ofType(decodeAll(t, drainAll(s)), TypeUpdate); len(ups) != 3 {
+	if ups := ofType(decodeAll(t, drainAll(s)), protocol.TypeUpdate); len(ups) != 3 {
 		t.Fatalf("%d updates, want 3", len(ups))
 	}
 }
@@ -474,11 +475,11 @@ func TestUnsubscribeStopsDelivery(t *testing.T) {
 			flushNow(t, b, time.Duration(throttle)*time.Millisecond)
 			ws := decodeAll(t, drainAll(s))
 			for _, w := range ws {
-				if w.Type == TypeUpdate && w.Topic == "U" && (throttle > 0 || w.Seq > 2) {
+				if w.Type == protocol.TypeUpdate && w.Topic == "U" && (throttle > 0 || w.Seq > 2) {
 					t.Fatalf("update of U after unsubscribe: %+v", w)
 				}
 			}
-			if ups := ofType(ws, TypeUpdate); len(ups) == 0 || ups[len(ups)-1].Topic != "V" {
+			if ups := ofType(ws, protocol.TypeUpdate); len(ups) == 0 || ups[len(ups)-1].Topic != "V" {
 				t.Fatalf("V still subscribed, got %+v", ws)
 			}
 			if g := groupsOf(b, "U"); len(g) != 0 {
@@ -608,13 +609,13 @@ func TestStepDownNeverDrained(t *testing.T) {
 		t.Fatalf("step-downs %v, want 1", got)
 	}
 	ws := decodeAll(t, drainAll(s))
-	st := ofType(ws, TypeStatus)
+	st := ofType(ws, protocol.TypeStatus)
 	if len(st) != 1 || st[0].Lagging == nil || !*st[0].Lagging || st[0].ThrottleMS == nil || *st[0].ThrottleMS != 1500 {
 		t.Fatalf("status messages %+v, want one lagging:true throttle_ms:1500", st)
 	}
 	// Nothing was drained, so each topic's updates merged into one.
 	perTopic := map[string]int{}
-	for _, u := range ofType(ws, TypeUpdate) {
+	for _, u := range ofType(ws, protocol.TypeUpdate) {
 		perTopic[u.Topic]++
 	}
 	if len(perTopic) != 3 || perTopic["S1"] != 1 || perTopic["S2"] != 1 || perTopic["S3"] != 1 {
@@ -634,7 +635,7 @@ func TestStepDownNeverDrained(t *testing.T) {
 }
 
 // TestHardBoundCloses: a stepped-down subscriber whose merged queue still
-// passes four times the bound is closed with DisconnectSlow.
+// passes four times the bound is closed with protocol.DisconnectSlow.
 func TestHardBoundCloses(t *testing.T) {
 	t.Parallel()
 	const maxPending = 1024
@@ -662,8 +663,8 @@ func TestHardBoundCloses(t *testing.T) {
 			mustPublish(t, b, priceTick(name, baseTS, float64(round), 1))
 		}
 	}
-	if s.Err() != DisconnectSlow {
-		t.Fatalf("Err() = %v, want DisconnectSlow", s.Err())
+	if s.Err() != protocol.DisconnectSlow {
+		t.Fatalf("Err() = %v, want protocol.DisconnectSlow", s.Err())
 	}
 	if s.PendingBytes() != 0 {
 		t.Fatalf("closed subscriber still holds %d bytes", s.PendingBytes())
@@ -674,8 +675,8 @@ func TestHardBoundCloses(t *testing.T) {
 	unblock()
 	select {
 	case err := <-done:
-		if !errors.Is(err, DisconnectSlow) {
-			t.Fatalf("Deliver = %v, want DisconnectSlow", err)
+		if !errors.Is(err, protocol.DisconnectSlow) {
+			t.Fatalf("Deliver = %v, want protocol.DisconnectSlow", err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Deliver did not return")
@@ -712,7 +713,7 @@ func TestLaggingEnds(t *testing.T) {
 	checkFor(t, 10*time.Second, 2*time.Millisecond, func() error {
 		log.publish(t, b, randTick(rng, "L", baseTS))
 		for _, m := range tr.messages() {
-			if m.Type == TypeStatus && decodeMsg(t, m).Lagging != nil && !*decodeMsg(t, m).Lagging {
+			if m.Type == protocol.TypeStatus && decodeMsg(t, m).Lagging != nil && !*decodeMsg(t, m).Lagging {
 				return nil
 			}
 		}
@@ -725,7 +726,7 @@ func TestLaggingEnds(t *testing.T) {
 	waitSeq(t, tr, "L", last)
 	ws := decodeAll(t, tr.messages())
 	var states []bool
-	for _, st := range ofType(ws, TypeStatus) {
+	for _, st := range ofType(ws, protocol.TypeStatus) {
 		states = append(states, *st.Lagging)
 	}
 	if !slices.Equal(states, []bool{true, false}) {
@@ -807,10 +808,10 @@ func TestDeliverEnds(t *testing.T) {
 		}, errTransport},
 		{"bus closes", func(b *Bus, _ *Subscriber, _ *memTransport, _ context.CancelFunc) {
 			_ = b.Close(context.Background())
-		}, DisconnectShutdown},
+		}, protocol.DisconnectShutdown},
 		{"subscriber closes", func(_ *Bus, s *Subscriber, _ *memTransport, _ context.CancelFunc) {
-			s.Close(DisconnectPolicy)
-		}, DisconnectPolicy},
+			s.Close(protocol.DisconnectPolicy)
+		}, protocol.DisconnectPolicy},
 		{"closed without reason", func(_ *Bus, s *Subscriber, _ *memTransport, _ context.CancelFunc) {
 			s.Close(nil)
 		}, ErrClientGone},
@@ -856,15 +857,15 @@ func TestPublishRefused(t *testing.T) {
 	mustPublish(t, b, priceTick("b", baseTS, 1, 1))
 	tests := []struct {
 		name string
-		tick feeds.Tick
+		tick tick.Tick
 		want error
 	}{
-		{"bad topic", priceTick("a b", baseTS, 1, 1), feeds.ErrBadTopic},
-		{"empty topic", priceTick("", baseTS, 1, 1), feeds.ErrBadTopic},
-		{"NaN", priceTick("a", baseTS, math.NaN(), 1), feeds.ErrNonFinite},
-		{"Inf", priceTick("a", baseTS, 1, math.Inf(-1)), feeds.ErrNonFinite},
-		{"negative ts", priceTick("a", -1, 1, 1), feeds.ErrBadField},
-		{"bad field name", feeds.Tick{Topic: "a", Fields: []feeds.Field{{Name: "seq", Value: 1}}}, feeds.ErrBadField},
+		{"bad topic", priceTick("a b", baseTS, 1, 1), tick.ErrBadTopic},
+		{"empty topic", priceTick("", baseTS, 1, 1), tick.ErrBadTopic},
+		{"NaN", priceTick("a", baseTS, math.NaN(), 1), tick.ErrNonFinite},
+		{"Inf", priceTick("a", baseTS, 1, math.Inf(-1)), tick.ErrNonFinite},
+		{"negative ts", priceTick("a", -1, 1, 1), tick.ErrBadField},
+		{"bad field name", tick.Tick{Topic: "a", Fields: []tick.Field{{Name: "seq", Value: 1}}}, tick.ErrBadField},
 		{"too many topics", priceTick("c", baseTS, 1, 1), ErrTooManyTopic},
 	}
 	for _, tt := range tests {
@@ -902,11 +903,11 @@ func TestSinkAndTopics(t *testing.T) {
 	b := newTestBus(t, BusConfig{Now: func() time.Time { return time.Unix(0, now.Load()) }})
 	sink := b.Sink("feed1")
 	for range 3 {
-		if err := sink.Publish(feeds.Tick{Topic: "k", Fields: []feeds.Field{{Name: "price", Value: 2}}}); err != nil {
+		if err := sink.Publish(tick.Tick{Topic: "k", Fields: []tick.Field{{Name: "price", Value: 2}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := sink.Publish(feeds.Tick{Topic: "bad topic"}); err == nil {
+	if err := sink.Publish(tick.Tick{Topic: "bad topic"}); err == nil {
 		t.Fatal("Sink accepted a bad topic")
 	}
 	if got := testutil.ToFloat64(b.metrics.ticksIn.WithLabelValues("feed1")); got != 3 {
@@ -997,7 +998,7 @@ func TestExactAndPatternOverlap(t *testing.T) {
 			}
 			drainAll(s)
 			mustPublish(t, b, priceTick("o.a", baseTS, 2, 1))
-			if ups := ofType(decodeAll(t, drainAll(s)), TypeUpdate); len(ups) != 1 {
+			if ups := ofType(decodeAll(t, drainAll(s)), protocol.TypeUpdate); len(ups) != 1 {
 				t.Fatalf("%d updates of o.a, want 1: it is still subscribed", len(ups))
 			}
 		})

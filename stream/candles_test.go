@@ -7,7 +7,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
 )
 
 type candleTick struct {
@@ -78,7 +78,7 @@ func TestCandlesProperty(t *testing.T) {
 		rng := rand.New(rand.NewPCG(seed, 3))
 		const depth = 7
 		b := newTestBus(t, BusConfig{CandleDepth: depth})
-		var ticks []feeds.Tick
+		var ticks []tick.Tick
 		ts := baseTS - baseTS%3_600_000 + rng.Int64N(3_600_000)
 		for range 400 {
 			ts += rng.Int64N([]int64{300, 20_000, 600_000}[rng.IntN(3)])
@@ -89,11 +89,11 @@ func TestCandlesProperty(t *testing.T) {
 		for _, iv := range CandleIntervals {
 			var want []Candle
 			for _, tk := range ticks {
-				p, ok := tk.Get(feeds.FieldPrice)
+				p, ok := tk.Get(tick.FieldPrice)
 				if !ok {
 					continue // a tick without price makes no bar
 				}
-				sz, _ := tk.Get(feeds.FieldSize)
+				sz, _ := tk.Get(tick.FieldSize)
 				t0 := tk.TS - tk.TS%iv.MS
 				if n := len(want); n > 0 && want[n-1].T == t0 {
 					foldBar(&want[n-1], p, sz)
@@ -195,7 +195,7 @@ func TestHistory(t *testing.T) {
 			}
 			for _, tk := range h.Ticks {
 				want := log.ticks["h"][tk.Seq]
-				if tk.TS != want.TS || !slices.Equal([]feeds.Field(tk.Data), want.Fields) {
+				if tk.TS != want.TS || !slices.Equal([]tick.Field(tk.Data), want.Fields) {
 					t.Fatalf("tick %d: %+v, want %+v", tk.Seq, tk, want)
 				}
 			}

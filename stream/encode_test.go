@@ -10,12 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
 // jsonAgg and jsonUpdate are the wire update as encoding/json would write
 // it, field for field.
-type jsonAgg = WireAgg
+type jsonAgg = protocol.WireAgg
 
 type jsonUpdate struct {
 	Type  string             `json:"type"`
@@ -27,7 +28,7 @@ type jsonUpdate struct {
 	Agg   *jsonAgg           `json:"agg,omitempty"`
 }
 
-func fieldMap(fs []feeds.Field) map[string]float64 {
+func fieldMap(fs []tick.Field) map[string]float64 {
 	m := map[string]float64{}
 	for _, f := range fs {
 		m[f.Name] = f.Value
@@ -37,9 +38,9 @@ func fieldMap(fs []feeds.Field) map[string]float64 {
 
 // sortedFields returns fs sorted by name, the order encoding/json writes
 // a map in, so that encodings can be compared byte for byte.
-func sortedFields(fs []feeds.Field) []feeds.Field {
+func sortedFields(fs []tick.Field) []tick.Field {
 	fs = slices.Clone(fs)
-	slices.SortFunc(fs, func(a, b feeds.Field) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(fs, func(a, b tick.Field) int { return cmpString(a.Name, b.Name) })
 	return fs
 }
 
@@ -61,14 +62,14 @@ func TestAppendUpdateMatchesEncodingJSON(t *testing.T) {
 	rng := rand.New(rand.NewPCG(8, 8))
 	var ups []*Update
 	ups = append(ups,
-		&Update{Topic: "BTC-USD", Epoch: "e1", Seq: 1, TS: 0, Agg: Agg{N: 1}},
+		&Update{Topic: "BTC-USD", Epoch: "e1", Seq: 1, TS: 0, Agg: protocol.Agg{N: 1}},
 		&Update{Topic: "a.b:c/d-e_f", Epoch: "E-_9", Seq: math.MaxUint64, TS: math.MaxInt64,
-			Data: []feeds.Field{{Name: "price", Value: 1.5}}, Agg: Agg{N: 3, O: 1, H: 2, L: 0.5, C: 1.5, V: 0, HasPrice: true}},
+			Data: []tick.Field{{Name: "price", Value: 1.5}}, Agg: protocol.Agg{N: 3, O: 1, H: 2, L: 0.5, C: 1.5, V: 0, HasPrice: true}},
 	)
 	for _, v := range oddFloats {
 		ups = append(ups, &Update{Topic: "x", Epoch: "e", Seq: 2, TS: 3,
-			Data: []feeds.Field{{Name: "a", Value: v}, {Name: "b.c", Value: -v}},
-			Agg:  Agg{N: 1, O: v, H: v, L: v, C: v, V: v, HasPrice: true}})
+			Data: []tick.Field{{Name: "a", Value: v}, {Name: "b.c", Value: -v}},
+			Agg:  protocol.Agg{N: 1, O: v, H: v, L: v, C: v, V: v, HasPrice: true}})
 	}
 	for range 200 {
 		var w window
@@ -83,7 +84,7 @@ func TestAppendUpdateMatchesEncodingJSON(t *testing.T) {
 	for i, u := range ups {
 		u.Data = sortedFields(u.Data)
 		got := appendUpdate(nil, u)
-		want := jsonUpdate{Type: TypeUpdate, Topic: u.Topic, Epoch: u.Epoch, Seq: u.Seq, TS: u.TS, Data: fieldMap(u.Data),
+		want := jsonUpdate{Type: protocol.TypeUpdate, Topic: u.Topic, Epoch: u.Epoch, Seq: u.Seq, TS: u.TS, Data: fieldMap(u.Data),
 			Agg: &jsonAgg{N: u.Agg.N, V: u.Agg.V}}
 		if u.Agg.HasPrice {
 			a := u.Agg
@@ -119,17 +120,17 @@ func TestAppendSnapshot(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name string
-		data []feeds.Field
+		data []tick.Field
 	}{
 		{"empty", nil},
-		{"market", []feeds.Field{{Name: "ask", Value: 2}, {Name: "bid", Value: 1}, {Name: "price", Value: 1.5}}},
-		{"odd", []feeds.Field{{Name: "a", Value: 1e-7}, {Name: "b", Value: 1e21}, {Name: "c", Value: math.Copysign(0, -1)}}},
+		{"market", []tick.Field{{Name: "ask", Value: 2}, {Name: "bid", Value: 1}, {Name: "price", Value: 1.5}}},
+		{"odd", []tick.Field{{Name: "a", Value: 1e-7}, {Name: "b", Value: 1e21}, {Name: "c", Value: math.Copysign(0, -1)}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got := appendSnapshot([]byte("prefix"), "T", "e1", 7, 8, tt.data)
-			want, _ := json.Marshal(jsonUpdate{Type: TypeSnapshot, Topic: "T", Epoch: "e1", Seq: 7, TS: 8, Data: fieldMap(tt.data)})
+			got := protocol.AppendSnapshot([]byte("prefix"), "T", "e1", 7, 8, tt.data)
+			want, _ := json.Marshal(jsonUpdate{Type: protocol.TypeSnapshot, Topic: "T", Epoch: "e1", Seq: 7, TS: 8, Data: fieldMap(tt.data)})
 			if !bytes.Equal(got, append([]byte("prefix"), want...)) {
 				t.Fatalf("got %s, want prefix%s", got, want)
 			}
@@ -144,23 +145,23 @@ func TestEncodeControl(t *testing.T) {
 		got  []byte
 		want any
 	}{
-		{"welcome", EncodeWelcome("abc", 15000, 1700000000000),
+		{"welcome", protocol.EncodeWelcome("abc", 15000, 1700000000000),
 			map[string]any{"type": "welcome", "session": "abc", "heartbeat_ms": 15000.0, "server_time": 1700000000000.0}},
-		{"ack", encodeAck(json.RawMessage(`1`), []string{"a", "b*"}),
+		{"ack", protocol.EncodeAck(json.RawMessage(`1`), []string{"a", "b*"}),
 			map[string]any{"type": "ack", "id": 1.0, "topics": []any{"a", "b*"}}},
-		{"ack string id", encodeAck(json.RawMessage(`"x"`), []string{}),
+		{"ack string id", protocol.EncodeAck(json.RawMessage(`"x"`), []string{}),
 			map[string]any{"type": "ack", "id": "x", "topics": []any{}}},
-		{"ack no id", encodeAck(nil, []string{"a"}),
+		{"ack no id", protocol.EncodeAck(nil, []string{"a"}),
 			map[string]any{"type": "ack", "topics": []any{"a"}}},
-		{"error", encodeError(json.RawMessage(`2`), CodeBadTopic, `"a b": want "quotes" \ and 'é' and `+"\n"),
+		{"error", protocol.EncodeError(json.RawMessage(`2`), protocol.CodeBadTopic, `"a b": want "quotes" \ and 'é' and `+"\n"),
 			map[string]any{"type": "error", "id": 2.0, "code": "bad_topic", "message": `"a b": want "quotes" \ and 'é' and ` + "\n"}},
-		{"error control character", encodeError(nil, CodeFrameTooLarge, "a\x01b\x7fc\u2028"),
+		{"error control character", protocol.EncodeError(nil, protocol.CodeFrameTooLarge, "a\x01b\x7fc\u2028"),
 			map[string]any{"type": "error", "code": "frame_too_large", "message": "a\x01b\x7fc\u2028"}},
-		{"pong", encodePong(json.RawMessage(`"p"`)), map[string]any{"type": "pong", "id": "p"}},
-		{"pong no id", encodePong(nil), map[string]any{"type": "pong"}},
-		{"reset", encodeReset("T", ResetHistoryGap), map[string]any{"type": "reset", "topic": "T", "reason": "history_gap"}},
-		{"status lagging", encodeStatus(true, 2000), map[string]any{"type": "status", "lagging": true, "throttle_ms": 2000.0}},
-		{"status caught up", encodeStatus(false, 0), map[string]any{"type": "status", "lagging": false, "throttle_ms": 0.0}},
+		{"pong", protocol.EncodePong(json.RawMessage(`"p"`)), map[string]any{"type": "pong", "id": "p"}},
+		{"pong no id", protocol.EncodePong(nil), map[string]any{"type": "pong"}},
+		{"reset", protocol.EncodeReset("T", protocol.ResetHistoryGap), map[string]any{"type": "reset", "topic": "T", "reason": "history_gap"}},
+		{"status lagging", protocol.EncodeStatus(true, 2000), map[string]any{"type": "status", "lagging": true, "throttle_ms": 2000.0}},
+		{"status caught up", protocol.EncodeStatus(false, 0), map[string]any{"type": "status", "lagging": false, "throttle_ms": 0.0}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -180,7 +181,7 @@ func TestEncodeControl(t *testing.T) {
 
 func TestFieldsAndTopicInfoJSON(t *testing.T) {
 	t.Parallel()
-	ti := TopicInfo{Topic: "T", Epoch: "e", Seq: 3, TS: 4, Data: Fields{{Name: "price", Value: 1.25}, {Name: "oi", Value: 1e-9}}, Rate: 5}
+	ti := TopicInfo{Topic: "T", Epoch: "e", Seq: 3, TS: 4, Data: protocol.Fields{{Name: "price", Value: 1.25}, {Name: "oi", Value: 1e-9}}, Rate: 5}
 	got, err := json.Marshal(ti)
 	if err != nil {
 		t.Fatal(err)
@@ -189,13 +190,13 @@ func TestFieldsAndTopicInfoJSON(t *testing.T) {
 	if string(got) != want {
 		t.Fatalf("got %s, want %s", got, want)
 	}
-	got, _ = json.Marshal(Fields(nil))
+	got, _ = json.Marshal(protocol.Fields(nil))
 	if string(got) != `{}` {
 		t.Fatalf("empty Fields = %s", got)
 	}
 }
 
-// TestAppendFloat: feeds.AppendFloat writes what encoding/json writes, and
+// TestAppendFloat: tick.AppendFloat writes what encoding/json writes, and
 // it parses back to the same bits.
 func TestAppendFloat(t *testing.T) {
 	t.Parallel()
@@ -216,7 +217,7 @@ func TestAppendFloat(t *testing.T) {
 		}
 	}
 	for _, v := range vals {
-		got := feeds.AppendFloat(nil, v)
+		got := tick.AppendFloat(nil, v)
 		want, err := json.Marshal(v)
 		if err != nil {
 			t.Fatal(err)
@@ -245,7 +246,7 @@ func FuzzParseTick(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		tk, err := feeds.ParseTick(data)
+		tk, err := tick.ParseTick(data)
 		if err != nil {
 			return
 		}
@@ -256,7 +257,7 @@ func FuzzParseTick(f *testing.F) {
 		if !json.Valid(enc) {
 			t.Fatalf("AppendJSON wrote invalid JSON %s", enc)
 		}
-		back, err := feeds.ParseTick(enc)
+		back, err := tick.ParseTick(enc)
 		if err != nil {
 			t.Fatalf("round trip of %s: %v", enc, err)
 		}

@@ -1,31 +1,6 @@
 package stream
 
-import (
-	"errors"
-	"strconv"
-)
-
-// Disconnect is why the server closes a connection: a WebSocket close code
-// and a reason. Transports add a jittered retry hint to the reason.
-type Disconnect struct {
-	Code   int
-	Reason string
-}
-
-func (d *Disconnect) Error() string {
-	return "stream: disconnect " + strconv.Itoa(d.Code) + ": " + d.Reason
-}
-
-// Disconnects the bus and subscribers use.
-var (
-	// DisconnectShutdown: the server is going away (WebSocket 1001).
-	DisconnectShutdown = &Disconnect{Code: 1001, Reason: "server shutting down"}
-	// DisconnectSlow: the client could not keep up even stepped down, or
-	// was stuck past the write deadline (WebSocket 1013, try again later).
-	DisconnectSlow = &Disconnect{Code: 1013, Reason: "client too slow"}
-	// DisconnectPolicy: the client kept sending bad messages (1008).
-	DisconnectPolicy = &Disconnect{Code: 1008, Reason: "too many bad messages"}
-)
+import "errors"
 
 // Sentinel errors.
 var (
@@ -36,28 +11,3 @@ var (
 	// without a reason: the client went away.
 	ErrClientGone = errors.New("stream: client gone")
 )
-
-// Error codes sent in error messages. They are stable: clients switch on
-// them.
-const (
-	CodeBadJSON       = "bad_json"        // the message is not a JSON object
-	CodeUnknownOp     = "unknown_op"      // op is missing or not known
-	CodeBadTopic      = "bad_topic"       // a topic or pattern is malformed
-	CodeTooManyTopics = "too_many_topics" // over the per-connection limit
-	CodeUnknownTopic  = "unknown_topic"   // no such topic (yet)
-	CodeBadThrottle   = "bad_throttle"    // throttle_ms out of range
-	CodeBadResume     = "bad_resume"      // resume is malformed
-	CodeBadID         = "bad_id"          // id is not a number or string
-	CodeFrameTooLarge = "frame_too_large" // the frame is over the limit
-	CodeRateLimited   = "rate_limited"    // too many messages per second
-)
-
-// ProtocolError is a refused client message. It is also sent to the
-// client as an error message.
-type ProtocolError struct {
-	ID      []byte `json:"-"`
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
-func (e *ProtocolError) Error() string { return "stream: " + e.Code + ": " + e.Message }

@@ -13,7 +13,8 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -176,8 +177,8 @@ func deliver(t testing.TB, s *Subscriber, tr Transport) <-chan error {
 
 // wireMsg and wireAgg are server messages as a Go client decodes them.
 type (
-	wireMsg = WireMessage
-	wireAgg = WireAgg
+	wireMsg = protocol.WireMessage
+	wireAgg = protocol.WireAgg
 )
 
 func decodeMsg(t testing.TB, m Message) wireMsg {
@@ -193,7 +194,7 @@ func decodeMsg(t testing.TB, m Message) wireMsg {
 		t.Fatalf("Message.Type %q, JSON type %q: %s", m.Type, w.Type, m.JSON)
 	}
 	switch m.Type {
-	case TypeUpdate, TypeSnapshot:
+	case protocol.TypeUpdate, protocol.TypeSnapshot:
 		if w.Topic != m.Topic || w.Seq != m.Seq || w.Epoch != m.Epoch {
 			t.Fatalf("Message says %s/%s/%d, JSON %s", m.Topic, m.Epoch, m.Seq, m.JSON)
 		}
@@ -221,17 +222,17 @@ type ref struct {
 	seq        uint64
 }
 
-func refOf(ticks []feeds.Tick, seqs []uint64) ref {
+func refOf(ticks []tick.Tick, seqs []uint64) ref {
 	r := ref{data: map[string]float64{}}
 	for i, tk := range ticks {
 		r.n++
-		if p, ok := tk.Get(feeds.FieldPrice); ok {
+		if p, ok := tk.Get(tick.FieldPrice); ok {
 			if !r.hasPrice {
 				r.o, r.h, r.l, r.hasPrice = p, p, p, true
 			}
 			r.h, r.l, r.c = max(r.h, p), min(r.l, p), p
 		}
-		if sz, ok := tk.Get(feeds.FieldSize); ok {
+		if sz, ok := tk.Get(tick.FieldSize); ok {
 			r.v += sz
 		}
 		for _, f := range tk.Fields {
@@ -278,7 +279,7 @@ func (r ref) checkWire(w wireMsg) error {
 	return nil
 }
 
-func checkData(got []feeds.Field, want map[string]float64) error {
+func checkData(got []tick.Field, want map[string]float64) error {
 	seen := map[string]bool{}
 	for _, f := range got {
 		if seen[f.Name] {
@@ -295,18 +296,18 @@ func checkData(got []feeds.Field, want map[string]float64) error {
 	return nil
 }
 
-var extraFields = []string{feeds.FieldBid, feeds.FieldAsk, feeds.FieldVolume, "oi", "x.y", "z_1"}
+var extraFields = []string{tick.FieldBid, tick.FieldAsk, tick.FieldVolume, "oi", "x.y", "z_1"}
 
 // randTick returns a valid tick with a random subset of fields. Sizes
 // are multiples of 1/4 below 2^20, so every sum of them is exact whatever
 // the grouping; prices are arbitrary.
-func randTick(rng *rand.Rand, topic string, ts int64) feeds.Tick {
-	tk := feeds.Tick{Topic: topic, TS: ts}
+func randTick(rng *rand.Rand, topic string, ts int64) tick.Tick {
+	tk := tick.Tick{Topic: topic, TS: ts}
 	if rng.IntN(5) != 0 {
-		tk.Set(feeds.FieldPrice, 100+rng.NormFloat64()*20)
+		tk.Set(tick.FieldPrice, 100+rng.NormFloat64()*20)
 	}
 	if rng.IntN(4) != 0 {
-		tk.Set(feeds.FieldSize, float64(rng.IntN(4000))/4)
+		tk.Set(tick.FieldSize, float64(rng.IntN(4000))/4)
 	}
 	for _, name := range extraFields {
 		if rng.IntN(3) == 0 {
@@ -317,15 +318,15 @@ func randTick(rng *rand.Rand, topic string, ts int64) feeds.Tick {
 	return tk
 }
 
-func priceTick(topic string, ts int64, price, size float64) feeds.Tick {
-	tk := feeds.Tick{Topic: topic, TS: ts}
-	tk.Set(feeds.FieldPrice, price)
-	tk.Set(feeds.FieldSize, size)
+func priceTick(topic string, ts int64, price, size float64) tick.Tick {
+	tk := tick.Tick{Topic: topic, TS: ts}
+	tk.Set(tick.FieldPrice, price)
+	tk.Set(tick.FieldSize, size)
 	return tk
 }
 
 // mustPublish publishes and returns the seq.
-func mustPublish(t testing.TB, b *Bus, tk feeds.Tick) uint64 {
+func mustPublish(t testing.TB, b *Bus, tk tick.Tick) uint64 {
 	t.Helper()
 	seq, err := b.Publish("test", tk)
 	if err != nil {
@@ -351,17 +352,17 @@ func drainAll(s *Subscriber) []Message { return s.drain(nil) }
 // use, so that any update can be checked against the ticks it covers.
 type tickLog struct {
 	mu    sync.Mutex
-	ticks map[string]map[uint64]feeds.Tick
+	ticks map[string]map[uint64]tick.Tick
 }
 
-func newTickLog() *tickLog { return &tickLog{ticks: map[string]map[uint64]feeds.Tick{}} }
+func newTickLog() *tickLog { return &tickLog{ticks: map[string]map[uint64]tick.Tick{}} }
 
-func (l *tickLog) add(tk feeds.Tick, seq uint64) {
+func (l *tickLog) add(tk tick.Tick, seq uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	m := l.ticks[tk.Topic]
 	if m == nil {
-		m = map[uint64]feeds.Tick{}
+		m = map[uint64]tick.Tick{}
 		l.ticks[tk.Topic] = m
 	}
 	m[seq] = tk.Clone()
@@ -371,7 +372,7 @@ func (l *tickLog) add(tk feeds.Tick, seq uint64) {
 func (l *tickLog) ref(topic string, from, to uint64) (ref, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var ticks []feeds.Tick
+	var ticks []tick.Tick
 	var seqs []uint64
 	for s := from + 1; s <= to; s++ {
 		tk, ok := l.ticks[topic][s]
@@ -385,7 +386,7 @@ func (l *tickLog) ref(topic string, from, to uint64) (ref, error) {
 }
 
 // publishLogged publishes and records a tick.
-func (l *tickLog) publish(t testing.TB, b *Bus, tk feeds.Tick) uint64 {
+func (l *tickLog) publish(t testing.TB, b *Bus, tk tick.Tick) uint64 {
 	t.Helper()
 	seq := mustPublish(t, b, tk)
 	l.add(tk, seq)
@@ -420,15 +421,15 @@ func (c *seqChecker) check(w wireMsg) error {
 	switch w.Type {
 	case typeResumeMarker:
 		c.start(w.Topic, w.Seq)
-	case TypeReset:
+	case protocol.TypeReset:
 		c.needSnap[w.Topic] = true
-	case TypeSnapshot:
+	case protocol.TypeSnapshot:
 		if c.have[w.Topic] && w.Seq < c.last[w.Topic] {
 			return fmt.Errorf("%s: snapshot seq %d after seq %d", w.Topic, w.Seq, c.last[w.Topic])
 		}
 		c.last[w.Topic], c.have[w.Topic] = w.Seq, true
 		delete(c.needSnap, w.Topic)
-	case TypeUpdate:
+	case protocol.TypeUpdate:
 		c.updates++
 		if c.needSnap[w.Topic] {
 			return fmt.Errorf("%s: update after reset without snapshot", w.Topic)
@@ -466,7 +467,7 @@ func waitSeq(t testing.TB, tr *memTransport, topic string, seq uint64) {
 	t.Helper()
 	checkFor(t, 10*time.Second, time.Millisecond, func() error {
 		for _, m := range tr.messages() {
-			if (m.Type == TypeUpdate || m.Type == TypeSnapshot) && m.Topic == topic && m.Seq >= seq {
+			if (m.Type == protocol.TypeUpdate || m.Type == protocol.TypeSnapshot) && m.Topic == topic && m.Seq >= seq {
 				return nil
 			}
 		}
@@ -485,3 +486,8 @@ func ofType(ms []wireMsg, typ string) []wireMsg {
 }
 
 var errTransport = errors.New("transport failed")
+
+// appendUpdate is the encoding the bus shares for u.
+func appendUpdate(b []byte, u *Update) []byte {
+	return protocol.AppendUpdate(b, u.Topic, u.Epoch, u.Seq, u.TS, u.Data, &u.Agg)
+}

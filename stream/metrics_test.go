@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
 func TestMetrics(t *testing.T) {
@@ -26,7 +27,7 @@ func TestMetrics(t *testing.T) {
 	}
 	defer s.Close(nil)
 	throttle := int64(0)
-	res, err := s.Subscribe(SubscribeRequest{Topics: []string{"m"}, ThrottleMS: &throttle, Resume: map[string]Cursor{"m": {Epoch: "e1", Seq: 1}}})
+	res, err := s.Subscribe(SubscribeRequest{Topics: []string{"m"}, ThrottleMS: &throttle, Resume: map[string]protocol.Cursor{"m": {Epoch: "e1", Seq: 1}}})
 	if err != nil || len(res.Topics) != 1 {
 		t.Fatalf("Subscribe = %+v, %v", res, err)
 	}
@@ -63,7 +64,7 @@ tickstream_topics 1
 	if got := testutil.ToFloat64(b.metrics.slowCloses); got != 1 {
 		t.Fatalf("slow closes %v", got)
 	}
-	if got := DisconnectSlow.Error(); !strings.Contains(got, "1013") || !strings.Contains(got, "too slow") {
-		t.Fatalf("DisconnectSlow.Error() = %q", got)
+	if got := protocol.DisconnectSlow.Error(); !strings.Contains(got, "1013") || !strings.Contains(got, "too slow") {
+		t.Fatalf("protocol.DisconnectSlow.Error() = %q", got)
 	}
 }

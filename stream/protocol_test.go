@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
 // protoBus has topics a, b, c and d and at most 3 topics per subscriber.
@@ -30,36 +32,36 @@ func TestHandleErrors(t *testing.T) {
 		code  string
 		id    string // echoed id, "" for none
 	}{
-		{"empty", ``, CodeBadJSON, ""},
-		{"blank", " \n\t", CodeBadJSON, ""},
-		{"not json", `hello`, CodeBadJSON, ""},
-		{"array", `[{"op":"ping"}]`, CodeBadJSON, ""},
-		{"truncated", `{"op":`, CodeBadJSON, ""},
-		{"trailing garbage", `{"op":"ping"} x`, CodeBadJSON, ""},
-		{"topics not a list", `{"op":"subscribe","topics":"a"}`, CodeBadJSON, ""},
-		{"throttle not an integer", `{"op":"subscribe","topics":["a"],"throttle_ms":1.5}`, CodeBadJSON, ""},
-		{"missing op", `{"id":1}`, CodeUnknownOp, "1"},
-		{"unknown op", `{"op":"frobnicate","id":"q"}`, CodeUnknownOp, `"q"`},
-		{"op wrong case", `{"op":"PING"}`, CodeUnknownOp, ""},
-		{"no topics", `{"op":"subscribe","id":2}`, CodeBadTopic, "2"},
-		{"empty topics", `{"op":"subscribe","topics":[]}`, CodeBadTopic, ""},
-		{"bad topic", `{"op":"subscribe","id":3,"topics":["a b"]}`, CodeBadTopic, "3"},
-		{"star inside", `{"op":"subscribe","topics":["x*y"]}`, CodeBadTopic, ""},
-		{"too long", `{"op":"subscribe","topics":["` + strings.Repeat("t", 129) + `"]}`, CodeBadTopic, ""},
-		{"too many topics", `{"op":"subscribe","id":4,"topics":["a","b","c","d"]}`, CodeTooManyTopics, "4"},
-		{"unknown topic", `{"op":"subscribe","id":5,"topics":["nope"]}`, CodeUnknownTopic, "5"},
-		{"negative throttle", `{"op":"subscribe","id":6,"topics":["a"],"throttle_ms":-1}`, CodeBadThrottle, "6"},
-		{"throttle too large", `{"op":"subscribe","topics":["a"],"throttle_ms":60001}`, CodeBadThrottle, ""},
-		{"resume bad topic", `{"op":"subscribe","id":7,"topics":["a"],"resume":{"a b":{"epoch":"e1","seq":1}}}`, CodeBadResume, "7"},
-		{"resume no epoch", `{"op":"subscribe","topics":["a"],"resume":{"a":{"seq":1}}}`, CodeBadResume, ""},
-		{"resume not an object", `{"op":"subscribe","topics":["a"],"resume":{"a":5}}`, CodeBadJSON, ""},
-		{"id object", `{"op":"ping","id":{}}`, CodeBadID, ""},
-		{"id array", `{"op":"ping","id":[1]}`, CodeBadID, ""},
-		{"id bool", `{"op":"ping","id":true}`, CodeBadID, ""},
-		{"id null", `{"op":"ping","id":null}`, CodeBadID, ""},
-		{"id too long", `{"op":"ping","id":"` + long + `"}`, CodeBadID, ""},
-		{"unsubscribe nothing", `{"op":"unsubscribe","id":8}`, CodeBadTopic, "8"},
-		{"unsubscribe bad topic", `{"op":"unsubscribe","topics":["a b"]}`, CodeBadTopic, ""},
+		{"empty", ``, protocol.CodeBadJSON, ""},
+		{"blank", " \n\t", protocol.CodeBadJSON, ""},
+		{"not json", `hello`, protocol.CodeBadJSON, ""},
+		{"array", `[{"op":"ping"}]`, protocol.CodeBadJSON, ""},
+		{"truncated", `{"op":`, protocol.CodeBadJSON, ""},
+		{"trailing garbage", `{"op":"ping"} x`, protocol.CodeBadJSON, ""},
+		{"topics not a list", `{"op":"subscribe","topics":"a"}`, protocol.CodeBadJSON, ""},
+		{"throttle not an integer", `{"op":"subscribe","topics":["a"],"throttle_ms":1.5}`, protocol.CodeBadJSON, ""},
+		{"missing op", `{"id":1}`, protocol.CodeUnknownOp, "1"},
+		{"unknown op", `{"op":"frobnicate","id":"q"}`, protocol.CodeUnknownOp, `"q"`},
+		{"op wrong case", `{"op":"PING"}`, protocol.CodeUnknownOp, ""},
+		{"no topics", `{"op":"subscribe","id":2}`, protocol.CodeBadTopic, "2"},
+		{"empty topics", `{"op":"subscribe","topics":[]}`, protocol.CodeBadTopic, ""},
+		{"bad topic", `{"op":"subscribe","id":3,"topics":["a b"]}`, protocol.CodeBadTopic, "3"},
+		{"star inside", `{"op":"subscribe","topics":["x*y"]}`, protocol.CodeBadTopic, ""},
+		{"too long", `{"op":"subscribe","topics":["` + strings.Repeat("t", 129) + `"]}`, protocol.CodeBadTopic, ""},
+		{"too many topics", `{"op":"subscribe","id":4,"topics":["a","b","c","d"]}`, protocol.CodeTooManyTopics, "4"},
+		{"unknown topic", `{"op":"subscribe","id":5,"topics":["nope"]}`, protocol.CodeUnknownTopic, "5"},
+		{"negative throttle", `{"op":"subscribe","id":6,"topics":["a"],"throttle_ms":-1}`, protocol.CodeBadThrottle, "6"},
+		{"throttle too large", `{"op":"subscribe","topics":["a"],"throttle_ms":60001}`, protocol.CodeBadThrottle, ""},
+		{"resume bad topic", `{"op":"subscribe","id":7,"topics":["a"],"resume":{"a b":{"epoch":"e1","seq":1}}}`, protocol.CodeBadResume, "7"},
+		{"resume no epoch", `{"op":"subscribe","topics":["a"],"resume":{"a":{"seq":1}}}`, protocol.CodeBadResume, ""},
+		{"resume not an object", `{"op":"subscribe","topics":["a"],"resume":{"a":5}}`, protocol.CodeBadJSON, ""},
+		{"id object", `{"op":"ping","id":{}}`, protocol.CodeBadID, ""},
+		{"id array", `{"op":"ping","id":[1]}`, protocol.CodeBadID, ""},
+		{"id bool", `{"op":"ping","id":true}`, protocol.CodeBadID, ""},
+		{"id null", `{"op":"ping","id":null}`, protocol.CodeBadID, ""},
+		{"id too long", `{"op":"ping","id":"` + long + `"}`, protocol.CodeBadID, ""},
+		{"unsubscribe nothing", `{"op":"unsubscribe","id":8}`, protocol.CodeBadTopic, "8"},
+		{"unsubscribe bad topic", `{"op":"unsubscribe","topics":["a b"]}`, protocol.CodeBadTopic, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -67,15 +69,15 @@ func TestHandleErrors(t *testing.T) {
 			b := protoBus(t)
 			s := newTestSub(t, b)
 			_, err := s.Handle([]byte(tt.frame))
-			var pe *ProtocolError
+			var pe *protocol.Error
 			if !errors.As(err, &pe) || pe.Code != tt.code {
-				t.Fatalf("Handle = %v, want a %s ProtocolError", err, tt.code)
+				t.Fatalf("Handle = %v, want a %s protocol.Error", err, tt.code)
 			}
 			if !strings.Contains(pe.Error(), tt.code) {
 				t.Fatalf("Error() = %q does not name the code", pe.Error())
 			}
 			ws := decodeAll(t, drainAll(s))
-			if len(ws) != 1 || ws[0].Type != TypeError || ws[0].Code != tt.code || ws[0].Message == "" {
+			if len(ws) != 1 || ws[0].Type != protocol.TypeError || ws[0].Code != tt.code || ws[0].Message == "" {
 				t.Fatalf("queued %+v, want one %s error message", ws, tt.code)
 			}
 			if string(ws[0].ID) != tt.id {
@@ -99,17 +101,17 @@ func TestHandleOK(t *testing.T) {
 		id       string
 		interval time.Duration // of topic a's group, -1 for none
 	}{
-		{"ping number id", `{"op":"ping","id":3}`, []string{TypePong}, "3", -1},
-		{"ping string id", `{"op":"ping","id":"x"}`, []string{TypePong}, `"x"`, -1},
-		{"ping 64-byte id", `{"op":"ping","id":` + id64 + `}`, []string{TypePong}, id64, -1},
-		{"ping no id", ` {"op":"ping"} `, []string{TypePong}, "", -1},
-		{"default throttle", `{"op":"subscribe","id":1,"topics":["a"]}`, []string{TypeAck, TypeSnapshot}, "1", 100 * time.Millisecond},
-		{"throttle quantized up", `{"op":"subscribe","topics":["a"],"throttle_ms":15}`, []string{TypeAck, TypeSnapshot}, "", 20 * time.Millisecond},
-		{"throttle 0", `{"op":"subscribe","topics":["a"],"throttle_ms":0}`, []string{TypeAck, TypeSnapshot}, "", 0},
-		{"null throttle is default", `{"op":"subscribe","topics":["a"],"throttle_ms":null}`, []string{TypeAck, TypeSnapshot}, "", 100 * time.Millisecond},
-		{"duplicate topics", `{"op":"subscribe","topics":["a","a","b"]}`, []string{TypeAck, TypeSnapshot, TypeSnapshot}, "", 100 * time.Millisecond},
-		{"unknown fields ignored", `{"op":"ping","x":[1,{}]}`, []string{TypePong}, "", -1},
-		{"unsubscribe not subscribed", `{"op":"unsubscribe","id":2,"topics":["a","z*"]}`, []string{TypeAck}, "2", -1},
+		{"ping number id", `{"op":"ping","id":3}`, []string{protocol.TypePong}, "3", -1},
+		{"ping string id", `{"op":"ping","id":"x"}`, []string{protocol.TypePong}, `"x"`, -1},
+		{"ping 64-byte id", `{"op":"ping","id":` + id64 + `}`, []string{protocol.TypePong}, id64, -1},
+		{"ping no id", ` {"op":"ping"} `, []string{protocol.TypePong}, "", -1},
+		{"default throttle", `{"op":"subscribe","id":1,"topics":["a"]}`, []string{protocol.TypeAck, protocol.TypeSnapshot}, "1", 100 * time.Millisecond},
+		{"throttle quantized up", `{"op":"subscribe","topics":["a"],"throttle_ms":15}`, []string{protocol.TypeAck, protocol.TypeSnapshot}, "", 20 * time.Millisecond},
+		{"throttle 0", `{"op":"subscribe","topics":["a"],"throttle_ms":0}`, []string{protocol.TypeAck, protocol.TypeSnapshot}, "", 0},
+		{"null throttle is default", `{"op":"subscribe","topics":["a"],"throttle_ms":null}`, []string{protocol.TypeAck, protocol.TypeSnapshot}, "", 100 * time.Millisecond},
+		{"duplicate topics", `{"op":"subscribe","topics":["a","a","b"]}`, []string{protocol.TypeAck, protocol.TypeSnapshot, protocol.TypeSnapshot}, "", 100 * time.Millisecond},
+		{"unknown fields ignored", `{"op":"ping","x":[1,{}]}`, []string{protocol.TypePong}, "", -1},
+		{"unsubscribe not subscribed", `{"op":"unsubscribe","id":2,"topics":["a","z*"]}`, []string{protocol.TypeAck}, "2", -1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -159,7 +161,7 @@ func TestHandlePartial(t *testing.T) {
 	for _, e := range res.Errors {
 		codes = append(codes, e.Code)
 	}
-	if !slices.Equal(res.Topics, []string{"a"}) || !slices.Equal(codes, []string{CodeUnknownTopic, CodeBadTopic}) {
+	if !slices.Equal(res.Topics, []string{"a"}) || !slices.Equal(codes, []string{protocol.CodeUnknownTopic, protocol.CodeBadTopic}) {
 		t.Fatalf("Result %+v", res)
 	}
 	var got []string
@@ -228,8 +230,8 @@ func TestErrorBudget(t *testing.T) {
 				if closedAt != tt.atIndex {
 					t.Fatalf("closed after message %d, want %d", closedAt, tt.atIndex)
 				}
-				if s.Err() != DisconnectPolicy {
-					t.Fatalf("Err() = %v, want DisconnectPolicy", s.Err())
+				if s.Err() != protocol.DisconnectPolicy {
+					t.Fatalf("Err() = %v, want protocol.DisconnectPolicy", s.Err())
 				}
 			}
 		})
@@ -240,12 +242,12 @@ func TestRefuse(t *testing.T) {
 	t.Parallel()
 	b := newTestBus(t, BusConfig{})
 	s := newTestSub(t, b)
-	e := s.Refuse(json.RawMessage(`9`), CodeFrameTooLarge, "frame of 70000 bytes: at most 65536")
-	if e.Code != CodeFrameTooLarge || string(e.ID) != "9" {
+	e := s.Refuse(json.RawMessage(`9`), protocol.CodeFrameTooLarge, "frame of 70000 bytes: at most 65536")
+	if e.Code != protocol.CodeFrameTooLarge || string(e.ID) != "9" {
 		t.Fatalf("Refuse = %+v", e)
 	}
 	ws := decodeAll(t, drainAll(s))
-	if len(ws) != 1 || ws[0].Code != CodeFrameTooLarge || string(ws[0].ID) != "9" || ws[0].Message != e.Message {
+	if len(ws) != 1 || ws[0].Code != protocol.CodeFrameTooLarge || string(ws[0].ID) != "9" || ws[0].Message != e.Message {
 		t.Fatalf("queued %+v", ws)
 	}
 }
@@ -274,7 +276,7 @@ func FuzzHandle(f *testing.F) {
 	for _, name := range []string{"a", "a.1", "b"} {
 		mustPublish(f, b, priceTick(name, baseTS, 1, 1))
 	}
-	known := map[string]bool{TypeAck: true, TypeSnapshot: true, TypeUpdate: true, TypeReset: true, TypePong: true, TypeError: true}
+	known := map[string]bool{protocol.TypeAck: true, protocol.TypeSnapshot: true, protocol.TypeUpdate: true, protocol.TypeReset: true, protocol.TypePong: true, protocol.TypeError: true}
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		s, err := b.NewSubscriber("fuzz")
 		if err != nil {
@@ -284,9 +286,9 @@ func FuzzHandle(f *testing.F) {
 		for range 2 { // twice: resubscribe and budget paths
 			res, err := s.Handle(frame)
 			if err != nil {
-				var pe *ProtocolError
+				var pe *protocol.Error
 				if !errors.As(err, &pe) || pe.Code == "" {
-					t.Fatalf("Handle error %v is not a ProtocolError", err)
+					t.Fatalf("Handle error %v is not a protocol.Error", err)
 				}
 			}
 			for _, e := range res.Errors {
@@ -337,8 +339,8 @@ func TestQuantize(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.in.String(), func(t *testing.T) {
 			t.Parallel()
-			if got := quantize(tt.in); got != tt.want {
-				t.Errorf("quantize(%v) = %v, want %v", tt.in, got, tt.want)
+			if got := protocol.Quantize(tt.in); got != tt.want {
+				t.Errorf("protocol.Quantize(%v) = %v, want %v", tt.in, got, tt.want)
 			}
 		})
 	}
@@ -357,8 +359,8 @@ func TestPatternSyntax(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%.12q", tt.in), func(t *testing.T) {
 			t.Parallel()
-			if got := validSubscription(tt.in); got != tt.ok {
-				t.Errorf("validSubscription(%q) = %v, want %v", tt.in, got, tt.ok)
+			if got := protocol.ValidSub(tt.in); got != tt.ok {
+				t.Errorf("protocol.ValidSub(%q) = %v, want %v", tt.in, got, tt.ok)
 			}
 		})
 	}

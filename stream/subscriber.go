@@ -6,11 +6,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
 // Message is one outgoing message as a transport sees it.
 type Message struct {
-	Type  string // TypeUpdate, TypeSnapshot, …
+	Type  string // protocol.TypeUpdate, protocol.TypeSnapshot, …
 	Topic string // for snapshot, update and reset
 	Epoch string // for snapshot and update
 	Seq   uint64 // for snapshot and update
@@ -148,7 +149,7 @@ func (s *Subscriber) pushUpdate(u *Update) {
 }
 
 func updateMessage(u *Update) Message {
-	return Message{Type: TypeUpdate, Topic: u.Topic, Epoch: u.Epoch, Seq: u.Seq, JSON: u.json, Accepted: u.Accepted}
+	return Message{Type: protocol.TypeUpdate, Topic: u.Topic, Epoch: u.Epoch, Seq: u.Seq, JSON: u.json, Accepted: u.Accepted}
 }
 
 // merge folds the later update u into q, copying q's update first if it
@@ -192,8 +193,8 @@ func (s *Subscriber) stepDownLocked() {
 		s.queue = append(s.queue, q)
 		s.pending += len(q.upd.jsonOr(q.JSON))
 	}
-	st := encodeStatus(true, s.bus.cfg.LagThrottle.Milliseconds())
-	s.queue = append(s.queue, queued{Message: Message{Type: TypeStatus, JSON: st}})
+	st := protocol.EncodeStatus(true, s.bus.cfg.LagThrottle.Milliseconds())
+	s.queue = append(s.queue, queued{Message: Message{Type: protocol.TypeStatus, JSON: st}})
 	s.pending += len(st)
 }
 
@@ -210,7 +211,7 @@ func (u *Update) jsonOr(b []byte) []byte {
 func (s *Subscriber) checkHardLimitLocked() {
 	if s.pending > 4*s.bus.cfg.MaxPendingBytes {
 		s.bus.metrics.slowCloses.Inc()
-		s.closeLocked(DisconnectSlow)
+		s.closeLocked(protocol.DisconnectSlow)
 	}
 }
 
@@ -276,7 +277,7 @@ func (s *Subscriber) wrote(batch []Message, took time.Duration) {
 	now := s.bus.cfg.Now()
 	for _, m := range batch {
 		size += len(m.JSON) + 1
-		if m.Type == TypeUpdate && !m.Accepted.IsZero() {
+		if m.Type == protocol.TypeUpdate && !m.Accepted.IsZero() {
 			s.bus.metrics.latency.Observe(now.Sub(m.Accepted).Seconds())
 		}
 	}
@@ -315,15 +316,15 @@ func (s *Subscriber) catchUpLocked() {
 		s.lagging = false
 		s.bus.metrics.lagging.Add(-1)
 		clear(s.mergeable)
-		st := encodeStatus(false, 0)
-		s.queue = append(s.queue, queued{Message: Message{Type: TypeStatus, JSON: st}})
+		st := protocol.EncodeStatus(false, 0)
+		s.queue = append(s.queue, queued{Message: Message{Type: protocol.TypeStatus, JSON: st}})
 		s.pending += len(st)
 		s.signal()
 	}
 }
 
 // Deliver writes the subscriber's messages to t until the subscriber is
-// closed (it returns the close reason, a *Disconnect, or ErrClientGone
+// closed (it returns the close reason, a *protocol.Disconnect, or ErrClientGone
 // when Close had no reason), t fails (its error)
 // or ctx ends. While lagging, writes are paced at BusConfig.LagThrottle so
 // that updates merge in between.

@@ -4,14 +4,15 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
 // histEntry is one raw tick kept for resume and /api/history.
 type histEntry struct {
 	seq      uint64
 	ts       int64
-	fields   []feeds.Field
+	fields   []tick.Field
 	accepted time.Time
 }
 
@@ -23,7 +24,7 @@ type topic struct {
 	mu       sync.Mutex
 	seq      uint64
 	ts       int64
-	latest   []feeds.Field
+	latest   []tick.Field
 	accepted time.Time
 	hist     []histEntry // ring; grows by append up to HistoryDepth
 	histHead int         // index of the oldest entry once full
@@ -78,19 +79,19 @@ type membership struct {
 }
 
 // publish applies one validated tick. It is called with t.mu unlocked.
-func (t *topic) publish(tick *feeds.Tick, accepted time.Time) uint64 {
+func (t *topic) publish(tk *tick.Tick, accepted time.Time) uint64 {
 	cfg := &t.bus.cfg
-	fields := append([]feeds.Field(nil), tick.Fields...)
-	tick.Fields = fields
+	fields := append([]tick.Field(nil), tk.Fields...)
+	tk.Fields = fields
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.seq++
 	seq := t.seq
-	t.ts, t.accepted = tick.TS, accepted
+	t.ts, t.accepted = tk.TS, accepted
 	t.latest = mergeFields(t.latest, fields)
 
-	e := histEntry{seq: seq, ts: tick.TS, fields: fields, accepted: accepted}
+	e := histEntry{seq: seq, ts: tk.TS, fields: fields, accepted: accepted}
 	if len(t.hist) < cfg.HistoryDepth {
 		t.hist = append(t.hist, e)
 	} else if len(t.hist) > 0 {
@@ -98,10 +99,10 @@ func (t *topic) publish(tick *feeds.Tick, accepted time.Time) uint64 {
 		t.histHead = (t.histHead + 1) % len(t.hist)
 	}
 
-	if price, ok := tick.Get(feeds.FieldPrice); ok {
-		size, _ := tick.Get(feeds.FieldSize)
+	if price, ok := tk.Get(tick.FieldPrice); ok {
+		size, _ := tk.Get(tick.FieldSize)
 		for i := range t.candles {
-			t.candles[i].fold(tick.TS, price, size, cfg.CandleDepth)
+			t.candles[i].fold(tk.TS, price, size, cfg.CandleDepth)
 		}
 	}
 
@@ -121,13 +122,13 @@ func (t *topic) publish(tick *feeds.Tick, accepted time.Time) uint64 {
 				continue
 			}
 			var w window
-			w.fold(tick, seq, accepted)
+			w.fold(tk, seq, accepted)
 			g.fanout(w.take(t.name, cfg.Epoch).encoded(), g.members)
 			continue
 		}
-		g.win.fold(tick, seq, accepted)
+		g.win.fold(tk, seq, accepted)
 		for _, j := range g.joins {
-			j.win.fold(tick, seq, accepted)
+			j.win.fold(tk, seq, accepted)
 		}
 		if !g.dirty {
 			g.dirty = true
@@ -209,23 +210,10 @@ func (g *group) hasJoiners() bool {
 	return false
 }
 
-// Cursor is a resume position: the last (epoch, seq) a client has.
-type Cursor struct {
-	Epoch string `json:"epoch"`
-	Seq   uint64 `json:"seq"`
-}
-
-// Reset reasons.
-const (
-	ResetHistoryGap = "history_gap"  // the cursor is older than the kept history
-	ResetEpoch      = "epoch_change" // the cursor's epoch is not the topic's
-	ResetBadCursor  = "bad_cursor"   // the cursor is ahead of the topic
-)
-
 // join subscribes s to t at interval. With a cursor it replays from
 // history, or sends reset + snapshot; without, a snapshot. Called with
 // t.mu unlocked; the caller records the membership.
-func (t *topic) join(s *Subscriber, interval time.Duration, cur *Cursor, named bool) *membership {
+func (t *topic) join(s *Subscriber, interval time.Duration, cur *protocol.Cursor, named bool) *membership {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	epoch := t.bus.cfg.Epoch
@@ -233,13 +221,13 @@ func (t *topic) join(s *Subscriber, interval time.Duration, cur *Cursor, named b
 	case cur == nil:
 		t.pushSnapshot(s)
 	case cur.Epoch != epoch:
-		t.pushReset(s, ResetEpoch)
+		t.pushReset(s, protocol.ResetEpoch)
 		t.pushSnapshot(s)
 	case cur.Seq > t.seq:
-		t.pushReset(s, ResetBadCursor)
+		t.pushReset(s, protocol.ResetBadCursor)
 		t.pushSnapshot(s)
 	case cur.Seq < t.oldestSeq()-1:
-		t.pushReset(s, ResetHistoryGap)
+		t.pushReset(s, protocol.ResetHistoryGap)
 		t.pushSnapshot(s)
 	default:
 		t.replay(s, cur.Seq, interval)
@@ -282,14 +270,14 @@ func (t *topic) pushSnapshot(s *Subscriber) {
 		return
 	}
 	if t.snap == nil || t.snapSeq != t.seq {
-		t.snap = appendSnapshot(nil, t.name, t.bus.cfg.Epoch, t.seq, t.ts, t.latest)
+		t.snap = protocol.AppendSnapshot(nil, t.name, t.bus.cfg.Epoch, t.seq, t.ts, t.latest)
 		t.snapSeq = t.seq
 	}
-	s.push(Message{Type: TypeSnapshot, Topic: t.name, Epoch: t.bus.cfg.Epoch, Seq: t.seq, JSON: t.snap})
+	s.push(Message{Type: protocol.TypeSnapshot, Topic: t.name, Epoch: t.bus.cfg.Epoch, Seq: t.seq, JSON: t.snap})
 }
 
 func (t *topic) pushReset(s *Subscriber, reason string) {
-	s.push(Message{Type: TypeReset, Topic: t.name, JSON: encodeReset(t.name, reason)})
+	s.push(Message{Type: protocol.TypeReset, Topic: t.name, JSON: protocol.EncodeReset(t.name, reason)})
 }
 
 // replay sends the kept ticks after seq, folded into windows of the
@@ -312,8 +300,8 @@ func (t *topic) replay(s *Subscriber, after uint64, interval time.Duration) {
 			s.pushUpdate(w.take(t.name, t.bus.cfg.Epoch).encoded())
 		}
 		bucket = b
-		tick := feeds.Tick{Topic: t.name, TS: e.ts, Fields: e.fields}
-		w.fold(&tick, e.seq, e.accepted)
+		tk := tick.Tick{Topic: t.name, TS: e.ts, Fields: e.fields}
+		w.fold(&tk, e.seq, e.accepted)
 	}
 	if !w.empty() {
 		s.pushUpdate(w.take(t.name, t.bus.cfg.Epoch).encoded())
@@ -333,26 +321,26 @@ func (t *topic) info(now time.Time) TopicInfo {
 	}
 	return TopicInfo{
 		Topic: t.name, Epoch: t.bus.cfg.Epoch, Seq: t.seq, TS: t.ts,
-		Data: append(Fields(nil), t.latest...), Rate: rate,
+		Data: append(protocol.Fields(nil), t.latest...), Rate: rate,
 	}
 }
 
 // TopicInfo is what /api/topics shows for one topic.
 type TopicInfo struct {
-	Topic string `json:"topic"`
-	Epoch string `json:"epoch"`
-	Seq   uint64 `json:"seq"`
-	TS    int64  `json:"ts"`
-	Data  Fields `json:"data"`
+	Topic string          `json:"topic"`
+	Epoch string          `json:"epoch"`
+	Seq   uint64          `json:"seq"`
+	TS    int64           `json:"ts"`
+	Data  protocol.Fields `json:"data"`
 	// Rate is ticks accepted in the last whole second.
 	Rate int `json:"rate"`
 }
 
 // HistoryTick is one raw tick from history.
 type HistoryTick struct {
-	Seq  uint64 `json:"seq"`
-	TS   int64  `json:"ts"`
-	Data Fields `json:"data"`
+	Seq  uint64          `json:"seq"`
+	TS   int64           `json:"ts"`
+	Data protocol.Fields `json:"data"`
 }
 
 // History is one page of raw ticks.

@@ -9,7 +9,7 @@ import (
 	"syscall"
 
 	_ "github.com/tickstream/tickstream/feeds/all"
-	"github.com/tickstream/tickstream/stream/server"
+	"github.com/tickstream/tickstream/stream/app"
 )
 
 func main() {
@@ -17,7 +17,7 @@ func main() {
 	err := run(ctx, os.Args[1:])
 	stop()
 	switch {
-	case err == nil, errors.Is(err, server.ErrHelp):
+	case err == nil, errors.Is(err, app.ErrHelp):
 	default:
 		fmt.Fprintln(os.Stderr, "tickstream:", err)
 		os.Exit(1)
@@ -28,5 +28,5 @@ func run(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "record" {
 		return runRecord(ctx, args[1:])
 	}
-	return server.Run(ctx, args)
+	return app.Run(ctx, args)
 }

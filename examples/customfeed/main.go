@@ -21,7 +21,7 @@ import (
 
 	"github.com/tickstream/tickstream/feeds"
 	_ "github.com/tickstream/tickstream/feeds/all" // sim, replay, websocket, nats
-	"github.com/tickstream/tickstream/stream/server"
+	"github.com/tickstream/tickstream/stream/app"
 )
 
 // Register the type from init, so that it exists before the config file is
@@ -119,9 +119,9 @@ func (w *wave) Run(ctx context.Context, out feeds.Sink) error {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := server.Run(ctx, os.Args[1:])
+	err := app.Run(ctx, os.Args[1:])
 	stop()
-	if err != nil && !errors.Is(err, server.ErrHelp) {
+	if err != nil && !errors.Is(err, app.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "customfeed:", err)
 		os.Exit(1)
 	}

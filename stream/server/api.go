@@ -12,6 +12,7 @@ import (
 
 	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
 func (s *Server) handleTopics(c *fiber.Ctx) error {
@@ -34,7 +35,7 @@ func queryInt(c *fiber.Ctx, name string, def, lo, hi int64) (int64, error) {
 func (s *Server) topicParam(c *fiber.Ctx) (string, error) {
 	t := c.Query("topic")
 	if !feeds.ValidTopic(t) {
-		return "", answered(apiError(c, fiber.StatusBadRequest, stream.CodeBadTopic, fmt.Sprintf("topic=%q: want 1-128 characters of [A-Za-z0-9._:/-]", t)))
+		return "", answered(apiError(c, fiber.StatusBadRequest, protocol.CodeBadTopic, fmt.Sprintf("topic=%q: want 1-128 characters of [A-Za-z0-9._:/-]", t)))
 	}
 	return t, nil
 }
@@ -42,7 +43,7 @@ func (s *Server) topicParam(c *fiber.Ctx) (string, error) {
 func lookupError(c *fiber.Ctx, err error) error {
 	switch {
 	case errors.Is(err, stream.ErrUnknownTopic):
-		return apiError(c, fiber.StatusNotFound, stream.CodeUnknownTopic, err.Error())
+		return apiError(c, fiber.StatusNotFound, protocol.CodeUnknownTopic, err.Error())
 	case errors.Is(err, stream.ErrBadInterval):
 		return apiError(c, fiber.StatusBadRequest, "bad_interval", err.Error())
 	}

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/tickstream/tickstream/feeds"
-	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
 type candle struct {
@@ -169,12 +169,12 @@ func TestAPIMetrics(t *testing.T) {
 	e.publish("M", 1, f("price", 1))
 	c, _ := e.welcomeWS(t, wsOpts{})
 	c.send(subscribeMsg{Op: "subscribe", ID: 1, Topics: []string{"M"}, ThrottleMS: ms(50)})
-	c.expect(stream.TypeAck)
-	c.expect(stream.TypeSnapshot)
+	c.expect(protocol.TypeAck)
+	c.expect(protocol.TypeSnapshot)
 	for i := range 10 {
 		e.publish("M", int64(2+i), f("price", 2))
 	}
-	c.expect(stream.TypeUpdate)
+	c.expect(protocol.TypeUpdate)
 	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		if v := e.metric("tickstream_delivery_latency_seconds"); v < 1 {
 			return fmt.Errorf("%v latency samples", v)
@@ -219,20 +219,20 @@ func TestAPIBadInput(t *testing.T) {
 		status             int
 		code               string
 	}{
-		{"GET", "/api/history", "", 400, stream.CodeBadTopic},
-		{"GET", "/api/history?topic=a%20b", "", 400, stream.CodeBadTopic},
+		{"GET", "/api/history", "", 400, protocol.CodeBadTopic},
+		{"GET", "/api/history?topic=a%20b", "", 400, protocol.CodeBadTopic},
 		{"GET", "/api/history?topic=K&after_seq=x", "", 400, "bad_request"},
 		{"GET", "/api/history?topic=K&after_seq=-1", "", 400, "bad_request"},
 		{"GET", "/api/history?topic=K&limit=0", "", 400, "bad_request"},
 		{"GET", "/api/history?topic=K&limit=many", "", 400, "bad_request"},
-		{"GET", "/api/history?topic=nope", "", 404, stream.CodeUnknownTopic},
-		{"GET", "/api/candles", "", 400, stream.CodeBadTopic},
+		{"GET", "/api/history?topic=nope", "", 404, protocol.CodeUnknownTopic},
+		{"GET", "/api/candles", "", 400, protocol.CodeBadTopic},
 		{"GET", "/api/candles?topic=K&interval=2m", "", 400, "bad_interval"},
 		{"GET", "/api/candles?topic=K&limit=abc", "", 400, "bad_request"},
-		{"GET", "/api/candles?topic=nope&interval=1m", "", 404, stream.CodeUnknownTopic},
+		{"GET", "/api/candles?topic=nope&interval=1m", "", 404, protocol.CodeUnknownTopic},
 		{"GET", "/ws", "", 426, "upgrade_required"},
 		{"POST", "/api/publish", "", 400, "empty"},
-		{"POST", "/api/publish", "[1,", 400, stream.CodeBadJSON},
+		{"POST", "/api/publish", "[1,", 400, protocol.CodeBadJSON},
 		{"GET", "/api/nothing", "", 404, "not_found"},
 	}
 	for _, tt := range tests {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/protocol"
 	"github.com/tickstream/tickstream/stream/server"
 )
 
@@ -247,7 +248,7 @@ func metricValue(typ dto.MetricType, m *dto.Metric) float64 {
 
 // msg is any server message, with its raw text for failure messages.
 type msg struct {
-	stream.WireMessage
+	protocol.WireMessage
 	raw string
 }
 
@@ -452,11 +453,11 @@ func (c *wsClient) closeStatus(timeout time.Duration) websocket.CloseError {
 
 // subscribeMsg is a subscribe client message.
 type subscribeMsg struct {
-	Op         string                   `json:"op"`
-	ID         int                      `json:"id"`
-	Topics     []string                 `json:"topics"`
-	ThrottleMS *int                     `json:"throttle_ms,omitempty"`
-	Resume     map[string]stream.Cursor `json:"resume,omitempty"`
+	Op         string                     `json:"op"`
+	ID         int                        `json:"id"`
+	Topics     []string                   `json:"topics"`
+	ThrottleMS *int                       `json:"throttle_ms,omitempty"`
+	Resume     map[string]protocol.Cursor `json:"resume,omitempty"`
 }
 
 func ms(n int) *int { return &n }
@@ -465,7 +466,7 @@ func ms(n int) *int { return &n }
 func (e *env) welcomeWS(t testing.TB, o wsOpts) (*wsClient, msg) {
 	t.Helper()
 	c := e.dialWS(t, o)
-	w := c.expect(stream.TypeWelcome)
+	w := c.expect(protocol.TypeWelcome)
 	return c, w
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/tickstream/tickstream/dashboard"
 	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
 // Config configures a Server. Every zero value means the documented default.
@@ -121,6 +122,7 @@ type Server struct {
 	mu       sync.Mutex
 	streams  map[*stream.Subscriber]net.Conn // open /ws and /sse connections
 	sessions map[string]*stream.Subscriber   // SSE sessions by id
+	cursors  *cursorStore                    // SSE cursor logs
 	wg       sync.WaitGroup                  // stream handlers
 }
 
@@ -139,6 +141,7 @@ func New(cfg Config) (*Server, error) {
 		accept:   rate.NewLimiter(rate.Limit(cfg.AcceptRate), cfg.AcceptBurst),
 		streams:  make(map[*stream.Subscriber]net.Conn),
 		sessions: make(map[string]*stream.Subscriber),
+		cursors:  newCursorStore(),
 	}
 	s.app = fiber.New(fiber.Config{
 		DisableStartupMessage: true,
@@ -208,7 +211,7 @@ func (l sendBufferListener) Accept() (net.Conn, error) {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	for _, sub := range s.openStreams() {
-		sub.Close(stream.DisconnectShutdown)
+		sub.Close(protocol.DisconnectShutdown)
 	}
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
@@ -260,7 +263,7 @@ func (s *Server) open(transport string, conn net.Conn) (*stream.Subscriber, erro
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining.Load() {
-		sub.Close(stream.DisconnectShutdown)
+		sub.Close(protocol.DisconnectShutdown)
 		return nil, ErrServerClosed
 	}
 	s.streams[sub] = conn

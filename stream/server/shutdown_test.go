@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/protocol"
 	"github.com/tickstream/tickstream/stream/server"
 )
 
@@ -23,15 +24,15 @@ func TestGracefulShutdown(t *testing.T) {
 	for i := range 2 {
 		c, _ := e.welcomeWS(t, wsOpts{})
 		c.send(subscribeMsg{Op: "subscribe", ID: i, Topics: []string{"A"}, ThrottleMS: ms(0)})
-		c.expect(stream.TypeAck)
-		c.expect(stream.TypeSnapshot)
+		c.expect(protocol.TypeAck)
+		c.expect(protocol.TypeSnapshot)
 		ws = append(ws, c)
 	}
 	sse := e.openSSE(t, "/sse?topics=A", nil)
 	sse.next(5 * time.Second)
-	sse.expect(stream.TypeWelcome)
-	sse.expect(stream.TypeAck)
-	sse.expect(stream.TypeSnapshot)
+	sse.expect(protocol.TypeWelcome)
+	sse.expect(protocol.TypeAck)
+	sse.expect(protocol.TypeSnapshot)
 	// A client that does not read never answers the close frame: the server
 	// waits for it a moment, long enough to see the draining state.
 	e.dialWS(t, wsOpts{noReader: true})
@@ -103,7 +104,7 @@ func TestAcceptTokenBucket(t *testing.T) {
 	e.welcomeWS(t, wsOpts{})
 	sse := e.openSSE(t, "/sse", nil)
 	sse.next(5 * time.Second)
-	sse.expect(stream.TypeWelcome)
+	sse.expect(protocol.TypeWelcome)
 
 	e.expectAPIError(t, http.MethodGet, "/sse", "", http.StatusServiceUnavailable, "busy")
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/protocol"
 	"github.com/tickstream/tickstream/stream/server"
 )
 
@@ -78,9 +79,9 @@ func (p *publisher) finish() map[string]uint64 {
 func subscribeAll(t testing.TB, c *wsClient, topics []string, tr *seqTracker) {
 	t.Helper()
 	c.send(subscribeMsg{Op: "subscribe", ID: 1, Topics: topics, ThrottleMS: ms(0)})
-	c.expect(stream.TypeAck)
+	c.expect(protocol.TypeAck)
 	for range topics {
-		s := c.expect(stream.TypeSnapshot)
+		s := c.expect(protocol.TypeSnapshot)
 		tr.start(s.Topic, s.Seq)
 	}
 }
@@ -101,9 +102,9 @@ func readUntil(t testing.TB, c *wsClient, tr *seqTracker, last map[string]uint64
 	for behind() {
 		m := c.next(time.Until(deadline))
 		switch m.Type {
-		case stream.TypeUpdate:
+		case protocol.TypeUpdate:
 			tr.update(t, m)
-		case stream.TypeStatus:
+		case protocol.TypeStatus:
 			if onStatus == nil {
 				t.Fatalf("unexpected %s", m)
 			}
@@ -170,9 +171,9 @@ func TestWSStuckClientDoesNotSlowOthers(t *testing.T) {
 				t.Fatalf("normal client closed: %v", normal.err)
 			}
 			switch m.Type {
-			case stream.TypeUpdate:
+			case protocol.TypeUpdate:
 				tr.update(t, m)
-			case stream.TypeStatus:
+			case protocol.TypeStatus:
 				// Under -race on 2 cores the normal client may briefly
 				// fall behind too; its updates must stay exact anyway.
 				t.Logf("normal client: %s", m)
@@ -197,8 +198,8 @@ func TestWSStuckClientDoesNotSlowOthers(t *testing.T) {
 		return nil
 	})
 	normal.send([]byte(`{"op":"ping","id":1}`))
-	for m := normal.next(5 * time.Second); m.Type != stream.TypePong; m = normal.next(5 * time.Second) {
-		if m.Type != stream.TypeStatus {
+	for m := normal.next(5 * time.Second); m.Type != protocol.TypePong; m = normal.next(5 * time.Second) {
+		if m.Type != protocol.TypeStatus {
 			t.Fatalf("got %s, want a pong", m)
 		}
 	}
@@ -252,7 +253,7 @@ func testSlowReader(t *testing.T, fastFor time.Duration) {
 	var slow atomic.Bool
 	slow.Store(true)
 	c := e.dialSlowWS(t, &slow)
-	c.expect(stream.TypeWelcome)
+	c.expect(protocol.TypeWelcome)
 	tr := newSeqTracker()
 	subscribeAll(t, c, topics, tr)
 	first := make(map[string]uint64)
@@ -267,9 +268,9 @@ func testSlowReader(t *testing.T, fastFor time.Duration) {
 	read := func() {
 		m := c.next(time.Until(deadline))
 		switch m.Type {
-		case stream.TypeUpdate:
+		case protocol.TypeUpdate:
 			tr.update(t, m)
-		case stream.TypeStatus:
+		case protocol.TypeStatus:
 			statuses = append(statuses, m)
 		default:
 			t.Fatalf("unexpected %s", m)
@@ -302,7 +303,7 @@ func testSlowReader(t *testing.T, fastFor time.Duration) {
 	for settled := false; !settled; {
 		select {
 		case m, ok := <-c.msgs:
-			if !ok || m.Type != stream.TypeStatus {
+			if !ok || m.Type != protocol.TypeStatus {
 				t.Fatalf("got %s (%v), want only statuses", m, c.err)
 			}
 			statuses = append(statuses, m)
@@ -390,9 +391,9 @@ func TestSSEStuckClientIsClosed(t *testing.T) {
 			}
 			m := parseMsg(t, []byte(ev.Data))
 			switch m.Type {
-			case stream.TypeSnapshot:
+			case protocol.TypeSnapshot:
 				tr.start(m.Topic, m.Seq)
-			case stream.TypeUpdate:
+			case protocol.TypeUpdate:
 				tr.update(t, m)
 			}
 		case <-time.After(10 * time.Millisecond):
@@ -409,7 +410,7 @@ func TestSSEStuckClientIsClosed(t *testing.T) {
 			break
 		}
 		_, m := c.nextEvent(time.Until(deadline))
-		if m.Type == stream.TypeUpdate {
+		if m.Type == protocol.TypeUpdate {
 			tr.update(t, m)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -14,116 +15,33 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
-	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
-// The SSE event id is an opaque cursor of every topic's (epoch, seq):
-//
-//	<epoch>~<topic>=<seq>,<topic>=<seq>!<epoch>~<topic>=<seq>
-//
-// Topic names cannot contain ~ = , or !, so no escaping is needed.
-
-// encodeCursor writes the cursor for the given positions.
-func appendCursor(b []byte, pos []cursorPos) []byte {
-	// pos is sorted by epoch, then topic
-	for i, p := range pos {
-		switch {
-		case i == 0:
-			b = append(b, p.epoch...)
-			b = append(b, '~')
-		case p.epoch != pos[i-1].epoch:
-			b = append(b, '!')
-			b = append(b, p.epoch...)
-			b = append(b, '~')
-		default:
-			b = append(b, ',')
-		}
-		b = append(b, p.topic...)
-		b = append(b, '=')
-		b = strconv.AppendUint(b, p.seq, 10)
-	}
-	return b
-}
-
-type cursorPos struct {
-	epoch, topic string
-	seq          uint64
-}
-
-// errBadCursor is returned for a Last-Event-ID that is not a cursor.
-var errBadCursor = errors.New("bad cursor")
-
-// ParseCursor reads an SSE event id into resume positions.
-func ParseCursor(id string) (map[string]stream.Cursor, error) {
-	out := make(map[string]stream.Cursor)
-	if id == "" {
-		return out, nil
-	}
-	for _, group := range strings.Split(id, "!") {
-		epoch, list, ok := strings.Cut(group, "~")
-		if !ok || epoch == "" {
-			return nil, errBadCursor
-		}
-		for _, item := range strings.Split(list, ",") {
-			topic, seqText, ok := strings.Cut(item, "=")
-			seq, err := strconv.ParseUint(seqText, 10, 64)
-			if !ok || err != nil || !feeds.ValidTopic(topic) {
-				return nil, errBadCursor
-			}
-			out[topic] = stream.Cursor{Epoch: epoch, Seq: seq}
-		}
-	}
-	return out, nil
-}
-
-// sseTransport writes messages as SSE events and keeps the stream's cursor.
+// sseTransport writes messages as SSE events and keeps the stream's
+// cursor: inline while it is short, then a reference into its cursor log.
 type sseTransport struct {
 	w       *bufio.Writer
 	conn    net.Conn
 	timeout time.Duration
 	// deadline is the write deadline armed before the current batch.
 	deadline time.Time
-	pos      []cursorPos // sorted by epoch, topic
-	id       []byte      // the cursor after the last message
-	dirty    bool
-}
-
-func (t *sseTransport) advance(m *stream.Message) {
-	if m.Epoch == "" || m.Topic == "" {
-		return
-	}
-	i := sort.Search(len(t.pos), func(i int) bool {
-		p := t.pos[i]
-		return p.epoch > m.Epoch || (p.epoch == m.Epoch && p.topic >= m.Topic)
-	})
-	if i < len(t.pos) && t.pos[i].epoch == m.Epoch && t.pos[i].topic == m.Topic {
-		t.pos[i].seq = m.Seq
-	} else {
-		// a new epoch for a topic replaces its old position
-		for j, p := range t.pos {
-			if p.topic == m.Topic {
-				t.pos = append(t.pos[:j], t.pos[j+1:]...)
-				if j < i {
-					i--
-				}
-				break
-			}
-		}
-		t.pos = append(t.pos, cursorPos{})
-		copy(t.pos[i+1:], t.pos[i:])
-		t.pos[i] = cursorPos{epoch: m.Epoch, topic: m.Topic, seq: m.Seq}
-	}
-	t.dirty = true
+	log      *cursorLog
+	id       []byte // the cursor after the last message
+	dirty    bool   // the inline cursor is out of date
 }
 
 func (t *sseTransport) WriteBatch(msgs []stream.Message) error {
 	t.arm()
 	for i := range msgs {
 		m := &msgs[i]
-		t.advance(m)
-		if t.dirty {
-			t.id = appendCursor(t.id[:0], t.pos)
+		n, changed, ref := t.log.advance(m.Topic, m.Epoch, m.Seq)
+		t.dirty = t.dirty || changed
+		if ref {
+			t.id = protocol.AppendCursorRef(t.id[:0], t.log.stream, n)
+		} else if t.dirty {
+			t.id = t.log.appendInline(t.id[:0])
 			t.dirty = false
 		}
 		_, _ = t.w.WriteString("event: ")
@@ -179,44 +97,61 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 			req.Topics = append(req.Topics, t)
 		}
 	}
-	maxMS := s.bus.Config().MaxThrottle.Milliseconds()
 	if v := c.Query("throttle_ms"); v != "" {
 		ms, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || ms < 0 || ms > maxMS {
-			return sseError(c, fiber.StatusBadRequest, stream.CodeBadThrottle, fmt.Sprintf("throttle_ms %q: want a whole number from 0 to %d", v, maxMS))
+		if err != nil {
+			ms = -1
+		}
+		if _, perr := protocol.Throttle(nil, ms, s.bus.Config().MaxThrottle.Milliseconds()); perr != nil {
+			return sseError(c, fiber.StatusBadRequest, perr.Code, perr.Message)
 		}
 		req.ThrottleMS = &ms
+	}
+	for _, t := range req.Topics {
+		if !protocol.ValidSub(t) {
+			perr := protocol.BadSub(nil, t)
+			return sseError(c, fiber.StatusBadRequest, perr.Code, perr.Message)
+		}
 	}
 	lastID := c.Get("Last-Event-ID")
 	if q := c.Query("last_event_id"); q != "" {
 		lastID = q
 	}
-	resume, err := ParseCursor(lastID)
+	cur, err := protocol.ParseCursor(lastID)
 	if err != nil {
-		return sseError(c, fiber.StatusBadRequest, stream.CodeBadResume, "Last-Event-ID is not a tickstream cursor")
+		return sseError(c, fiber.StatusBadRequest, protocol.CodeBadResume, "Last-Event-ID is not a tickstream cursor")
 	}
-	for _, t := range req.Topics {
-		if !validSubscription(t) {
-			return sseError(c, fiber.StatusBadRequest, stream.CodeBadTopic, fmt.Sprintf("topic %q: want 1-128 characters of [A-Za-z0-9._:/-], optionally ending in *", t))
+	resume, expired := cur.Positions, false
+	if cur.IsRef() {
+		if resume, err = s.cursors.resolve(cur.Stream, cur.Event); err != nil {
+			// Not a 4xx: the browser would retry the same id forever.
+			// The stream starts afresh and says why.
+			resume, expired = nil, true
 		}
 	}
-	if max := s.bus.Config().MaxTopicsPerSubscriber; len(req.Topics)+len(resume) > max {
-		return sseError(c, fiber.StatusBadRequest, stream.CodeTooManyTopics, fmt.Sprintf("at most %d topics per stream", max))
-	}
-	// Topics named only in the cursor are resumed too.
+	// Topics named only in the cursor are resumed too, as named topics
+	// unless a pattern of the URL covers them.
+	var patterns []string
 	named := make(map[string]bool, len(req.Topics))
 	for _, t := range req.Topics {
 		named[t] = true
+		if p, ok := protocol.Pattern(t); ok {
+			patterns = append(patterns, p)
+		}
 	}
 	cursorTopics := make([]string, 0, len(resume))
 	for t := range resume {
-		if !named[t] {
+		covered := slices.ContainsFunc(patterns, func(p string) bool { return strings.HasPrefix(t, p) })
+		if !named[t] && !covered {
 			cursorTopics = append(cursorTopics, t)
 		}
 	}
 	sort.Strings(cursorTopics)
 	req.Topics = append(req.Topics, cursorTopics...)
 	req.Resume = resume
+	if max := s.bus.Config().MaxTopicsPerSubscriber; len(req.Topics) > max {
+		return sseError(c, fiber.StatusBadRequest, protocol.CodeTooManyTopics, fmt.Sprintf("at most %d topics per stream", max))
+	}
 
 	if err := s.admit(c); err != nil {
 		return err
@@ -231,24 +166,29 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 	c.Set("X-Accel-Buffering", "no")
 	conn := c.Context().Conn()
 	hb := s.bus.Config().Heartbeat
+	log := s.cursors.newLog(sub.Session())
+	// Start from the resumed positions, so that the next id still names
+	// a quiet topic that has no event on this stream yet.
+	for topic, cur := range resume {
+		log.advance(topic, cur.Epoch, cur.Seq)
+	}
 	// The stream writer runs on its own goroutine (fasthttp pipes it to
 	// the connection); conn is only used for write deadlines.
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer s.closeStream(sub)
+		defer s.cursors.ended(log)
 		defer func() { _ = conn.SetWriteDeadline(time.Time{}) }() // the connection may be kept alive
 		fmt.Fprintf(w, "retry: %d\n\n", s.retryHint().Milliseconds())
-		sub.Send(stream.TypeWelcome, stream.EncodeWelcome(sub.Session(), hb.Milliseconds(), time.Now().UnixMilli()))
+		sub.Send(protocol.TypeWelcome, protocol.EncodeWelcome(sub.Session(), hb.Milliseconds(), time.Now().UnixMilli()))
+		if expired {
+			sub.Send(protocol.TypeError, protocol.EncodeError(nil, protocol.CodeBadResume, "Last-Event-ID has expired: the stream starts afresh"))
+		}
 		if len(req.Topics) > 0 {
 			_, _ = sub.Subscribe(req)
 		}
-		t := &sseTransport{w: w, conn: conn, timeout: s.cfg.WriteTimeout}
-		// Start from the resumed positions, so that the next id still
-		// names a quiet topic that has no event on this stream yet.
-		for topic, cur := range resume {
-			t.advance(&stream.Message{Topic: topic, Epoch: cur.Epoch, Seq: cur.Seq})
-		}
+		t := &sseTransport{w: w, conn: conn, timeout: s.cfg.WriteTimeout, log: log, dirty: true}
 		err := sub.Deliver(context.Background(), t)
-		var d *stream.Disconnect
+		var d *protocol.Disconnect
 		var ne net.Error
 		switch {
 		case errors.As(err, &d):
@@ -262,15 +202,6 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 	return nil
 }
 
-// validSubscription mirrors the bus's check so that a bad SSE URL is
-// refused before the stream starts.
-func validSubscription(t string) bool {
-	if p, ok := strings.CutSuffix(t, "*"); ok {
-		return p == "" || feeds.ValidTopic(p)
-	}
-	return feeds.ValidTopic(t)
-}
-
 func (s *Server) handleSSEControl(c *fiber.Ctx) error {
 	s.mu.Lock()
 	sub := s.sessions[c.Params("session")]
@@ -279,10 +210,10 @@ func (s *Server) handleSSEControl(c *fiber.Ctx) error {
 		return apiError(c, fiber.StatusNotFound, "unknown_session", "no live SSE stream with that session; open /sse first and use the session from its welcome event")
 	}
 	if len(c.Body()) > s.cfg.MaxFrameBytes {
-		return apiError(c, fiber.StatusRequestEntityTooLarge, stream.CodeFrameTooLarge, fmt.Sprintf("at most %d bytes", s.cfg.MaxFrameBytes))
+		return apiError(c, fiber.StatusRequestEntityTooLarge, protocol.CodeFrameTooLarge, fmt.Sprintf("at most %d bytes", s.cfg.MaxFrameBytes))
 	}
 	res, err := sub.Handle(c.Body())
-	var pe *stream.ProtocolError
+	var pe *protocol.Error
 	if errors.As(err, &pe) {
 		return apiError(c, fiber.StatusBadRequest, pe.Code, pe.Message)
 	}

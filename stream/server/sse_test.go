@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/protocol"
 	"github.com/tickstream/tickstream/stream/server"
 )
 
@@ -33,12 +34,12 @@ func TestSSEStream(t *testing.T) {
 	} else if n, err := strconv.Atoi(ev.Retry); err != nil || n <= 0 {
 		t.Errorf("retry: %q is not a positive number of ms", ev.Retry)
 	}
-	_, w := c.expect(stream.TypeWelcome)
+	_, w := c.expect(protocol.TypeWelcome)
 	if w.Session == "" || w.HeartbeatMS != 100 {
 		t.Errorf("welcome %s: want a session and heartbeat_ms 100", w)
 	}
-	c.expect(stream.TypeAck)
-	ev, snap := c.expect(stream.TypeSnapshot)
+	c.expect(protocol.TypeAck)
+	ev, snap := c.expect(protocol.TypeSnapshot)
 	if snap.Topic != "A" || snap.Seq != 1 || ev.ID == "" {
 		t.Fatalf("snapshot %+v: want A seq 1 with an id", ev)
 	}
@@ -46,7 +47,7 @@ func TestSSEStream(t *testing.T) {
 		e.publish("A", int64(2+i), f("price", float64(11+i)))
 	}
 	for i := range 20 {
-		ev, u := c.expect(stream.TypeUpdate)
+		ev, u := c.expect(protocol.TypeUpdate)
 		if u.Seq != uint64(2+i) || u.Data["price"] != float64(11+i) || ev.ID == "" {
 			t.Fatalf("event %+v: want update seq %d with an id", ev, 2+i)
 		}
@@ -80,17 +81,17 @@ func sseRead(t *testing.T, c *sseClient, tr *seqTracker, want map[string]uint64,
 		}
 		ev, m := c.nextEvent(time.Until(deadline))
 		switch m.Type {
-		case stream.TypeUpdate:
+		case protocol.TypeUpdate:
 			tr.update(t, m)
 			if m.Agg.N != 1 {
 				t.Fatalf("throttle 0 update with n %d: %s", m.Agg.N, m)
 			}
-		case stream.TypeSnapshot:
+		case protocol.TypeSnapshot:
 			if !snapshots {
 				t.Fatalf("unexpected %s while resuming", m)
 			}
 			tr.start(m.Topic, m.Seq)
-		case stream.TypeAck, stream.TypeWelcome:
+		case protocol.TypeAck, protocol.TypeWelcome:
 		default:
 			t.Fatalf("unexpected %s %s", ev.Event, ev.Data)
 		}
@@ -136,7 +137,7 @@ func TestSSEResume(t *testing.T) {
 			}
 			c2 := tt.open(t, e, id)
 			c2.next(5 * time.Second) // retry:
-			c2.expect(stream.TypeWelcome)
+			c2.expect(protocol.TypeWelcome)
 			sseRead(t, c2, tr, map[string]uint64{"A": 26, "B": 26}, false)
 			for i := range 3 { // then live, for both topics
 				e.publish("A", int64(40+i), f("price", 1))
@@ -164,9 +165,9 @@ func TestSSEControl(t *testing.T) {
 	e.publish("C", 1, f("price", 1))
 	c := e.openSSE(t, "/sse?topics=A&throttle_ms=0", nil)
 	c.next(5 * time.Second)
-	_, w := c.expect(stream.TypeWelcome)
-	c.expect(stream.TypeAck)
-	c.expect(stream.TypeSnapshot)
+	_, w := c.expect(protocol.TypeWelcome)
+	c.expect(protocol.TypeAck)
+	c.expect(protocol.TypeSnapshot)
 	ctl := "/api/sse/" + w.Session
 
 	type ctlAnswer struct {
@@ -181,11 +182,11 @@ func TestSSEControl(t *testing.T) {
 	}
 	// In effect once answered: the next tick of C is on the stream.
 	e.publish("C", 2, f("price", 2))
-	c.expect(stream.TypeAck)
-	if _, s := c.expect(stream.TypeSnapshot); s.Topic != "C" || s.Seq != 1 {
+	c.expect(protocol.TypeAck)
+	if _, s := c.expect(protocol.TypeSnapshot); s.Topic != "C" || s.Seq != 1 {
 		t.Fatalf("snapshot %s: want C seq 1", s)
 	}
-	if _, u := c.expect(stream.TypeUpdate); u.Topic != "C" || u.Seq != 2 {
+	if _, u := c.expect(protocol.TypeUpdate); u.Topic != "C" || u.Seq != 2 {
 		t.Fatalf("update %s: want C seq 2", u)
 	}
 
@@ -195,8 +196,8 @@ func TestSSEControl(t *testing.T) {
 	}
 	e.publish("C", 3, f("price", 3))
 	e.publish("A", 2, f("price", 2))
-	c.expect(stream.TypeAck)
-	if _, u := c.expect(stream.TypeUpdate); u.Topic != "A" || u.Seq != 2 {
+	c.expect(protocol.TypeAck)
+	if _, u := c.expect(protocol.TypeUpdate); u.Topic != "A" || u.Seq != 2 {
 		t.Fatalf("update %s: want A seq 2 (and nothing of C)", u)
 	}
 
@@ -206,11 +207,11 @@ func TestSSEControl(t *testing.T) {
 		code             string
 	}{
 		{"unknown session", "/api/sse/nosuchsession", `{"op":"subscribe","topics":["C"]}`, 404, "unknown_session"},
-		{"not JSON", ctl, `subscribe C`, 400, stream.CodeBadJSON},
-		{"unknown op", ctl, `{"op":"dance"}`, 400, stream.CodeUnknownOp},
-		{"bad topic", ctl, `{"op":"subscribe","topics":["no spaces"]}`, 400, stream.CodeBadTopic},
-		{"no topics", ctl, `{"op":"subscribe","topics":[]}`, 400, stream.CodeBadTopic},
-		{"bad throttle", ctl, `{"op":"subscribe","topics":["A"],"throttle_ms":99999999}`, 400, stream.CodeBadThrottle},
+		{"not JSON", ctl, `subscribe C`, 400, protocol.CodeBadJSON},
+		{"unknown op", ctl, `{"op":"dance"}`, 400, protocol.CodeUnknownOp},
+		{"bad topic", ctl, `{"op":"subscribe","topics":["no spaces"]}`, 400, protocol.CodeBadTopic},
+		{"no topics", ctl, `{"op":"subscribe","topics":[]}`, 400, protocol.CodeBadTopic},
+		{"bad throttle", ctl, `{"op":"subscribe","topics":["A"],"throttle_ms":99999999}`, 400, protocol.CodeBadThrottle},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -221,10 +222,10 @@ func TestSSEControl(t *testing.T) {
 	e.publish("A", 3, f("price", 3))
 	for {
 		_, m := c.nextEvent(5 * time.Second)
-		if m.Type == stream.TypeError {
+		if m.Type == protocol.TypeError {
 			continue
 		}
-		if m.Type != stream.TypeUpdate || m.Topic != "A" || m.Seq != 3 {
+		if m.Type != protocol.TypeUpdate || m.Topic != "A" || m.Seq != 3 {
 			t.Fatalf("got %s, want update A seq 3", m)
 		}
 		break
@@ -239,13 +240,13 @@ func TestSSEBadRequest(t *testing.T) {
 		header     string
 		code       string
 	}{
-		{"throttle not a number", "/sse?topics=A&throttle_ms=abc", "", stream.CodeBadThrottle},
-		{"throttle negative", "/sse?topics=A&throttle_ms=-5", "", stream.CodeBadThrottle},
-		{"throttle too large", "/sse?topics=A&throttle_ms=99999999", "", stream.CodeBadThrottle},
-		{"bad topic", "/sse?topics=A,b%20c", "", stream.CodeBadTopic},
-		{"too many topics", "/sse?topics=A,B,C", "", stream.CodeTooManyTopics},
-		{"bad cursor query", "/sse?topics=A&last_event_id=garbage", "", stream.CodeBadResume},
-		{"bad cursor header", "/sse?topics=A", "e1~A=x", stream.CodeBadResume},
+		{"throttle not a number", "/sse?topics=A&throttle_ms=abc", "", protocol.CodeBadThrottle},
+		{"throttle negative", "/sse?topics=A&throttle_ms=-5", "", protocol.CodeBadThrottle},
+		{"throttle too large", "/sse?topics=A&throttle_ms=99999999", "", protocol.CodeBadThrottle},
+		{"bad topic", "/sse?topics=A,b%20c", "", protocol.CodeBadTopic},
+		{"too many topics", "/sse?topics=A,B,C", "", protocol.CodeTooManyTopics},
+		{"bad cursor query", "/sse?topics=A&last_event_id=garbage", "", protocol.CodeBadResume},
+		{"bad cursor header", "/sse?topics=A", "e1~A=x", protocol.CodeBadResume},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

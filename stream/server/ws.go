@@ -13,6 +13,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
 
 // wsReadLimit is the hard cap on a client frame: past it the WebSocket
@@ -85,12 +86,12 @@ func (s *Server) serveWS(c *websocket.Conn) {
 	conn := c.Conn
 	sub, err := s.open("ws", conn.NetConn())
 	if err != nil {
-		s.closeWS(conn, &stream.Disconnect{Code: fastws.CloseGoingAway, Reason: "server shutting down"})
+		s.closeWS(conn, &protocol.Disconnect{Code: fastws.CloseGoingAway, Reason: "server shutting down"})
 		return
 	}
 	defer s.closeStream(sub)
 	hb := s.bus.Config().Heartbeat
-	sub.Send(stream.TypeWelcome, stream.EncodeWelcome(sub.Session(), hb.Milliseconds(), time.Now().UnixMilli()))
+	sub.Send(protocol.TypeWelcome, protocol.EncodeWelcome(sub.Session(), hb.Milliseconds(), time.Now().UnixMilli()))
 
 	// A client that sends nothing, not even a pong, for two heartbeats is gone.
 	idle := 2 * hb
@@ -103,7 +104,7 @@ func (s *Server) serveWS(c *websocket.Conn) {
 	go func() {
 		defer close(writerDone)
 		err := sub.Deliver(context.Background(), &wsTransport{conn: conn, timeout: s.cfg.WriteTimeout})
-		var d *stream.Disconnect
+		var d *protocol.Disconnect
 		var ne net.Error
 		switch {
 		case errors.Is(err, stream.ErrClientGone):
@@ -112,7 +113,7 @@ func (s *Server) serveWS(c *websocket.Conn) {
 			s.closeWS(conn, d)
 		case errors.As(err, &ne) && ne.Timeout():
 			s.bus.Metrics().SlowClose()
-			s.closeWS(conn, stream.DisconnectSlow)
+			s.closeWS(conn, protocol.DisconnectSlow)
 		default:
 			_ = conn.Close() // the socket failed: wake the reader
 			return
@@ -130,9 +131,9 @@ func (s *Server) serveWS(c *websocket.Conn) {
 		extend()
 		switch {
 		case len(msg) > s.cfg.MaxFrameBytes:
-			sub.Refuse(nil, stream.CodeFrameTooLarge, "message of "+strconv.Itoa(len(msg))+" bytes; at most "+strconv.Itoa(s.cfg.MaxFrameBytes))
+			sub.Refuse(nil, protocol.CodeFrameTooLarge, "message of "+strconv.Itoa(len(msg))+" bytes; at most "+strconv.Itoa(s.cfg.MaxFrameBytes))
 		case typ != fastws.TextMessage:
-			sub.Refuse(nil, stream.CodeBadJSON, "binary frames are not supported; send JSON text frames")
+			sub.Refuse(nil, protocol.CodeBadJSON, "binary frames are not supported; send JSON text frames")
 		default:
 			_, _ = sub.Handle(msg)
 		}
@@ -143,7 +144,7 @@ func (s *Server) serveWS(c *websocket.Conn) {
 }
 
 // closeWS sends a close frame whose reason carries a jittered retry hint.
-func (s *Server) closeWS(conn *fastws.Conn, d *stream.Disconnect) {
+func (s *Server) closeWS(conn *fastws.Conn, d *protocol.Disconnect) {
 	reason := d.Reason + " retry_ms=" + strconv.FormatInt(s.retryHint().Milliseconds(), 10)
 	msg := fastws.FormatCloseMessage(d.Code, reason)
 	_ = conn.WriteControl(fastws.CloseMessage, msg, time.Now().Add(time.Second))

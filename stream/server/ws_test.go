@@ -14,6 +14,7 @@ import (
 
 	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/protocol"
 	"github.com/tickstream/tickstream/stream/server"
 )
 
@@ -52,11 +53,11 @@ func TestWSSubscribeOrderAndEveryTick(t *testing.T) {
 	}
 
 	c.send(subscribeMsg{Op: "subscribe", ID: 1, Topics: []string{"T"}, ThrottleMS: ms(0)})
-	ack := c.expect(stream.TypeAck)
+	ack := c.expect(protocol.TypeAck)
 	if string(ack.ID) != "1" || !slices.Equal(ack.Topics, []string{"T"}) {
 		t.Fatalf("ack %s: want id 1 and topics [T]", ack)
 	}
-	snap := c.expect(stream.TypeSnapshot)
+	snap := c.expect(protocol.TypeSnapshot)
 	if snap.Topic != "T" || snap.Epoch != e.bus.Epoch() || snap.Seq != 1 || snap.TS != 1000 ||
 		!equalData(snap.Data, map[string]float64{"price": 1, "size": 2}) {
 		t.Fatalf("snapshot %s: want T, epoch %s, seq 1, ts 1000, price 1, size 2", snap, e.bus.Epoch())
@@ -77,7 +78,7 @@ func TestWSSubscribeOrderAndEveryTick(t *testing.T) {
 		}
 	}
 	for i, tk := range ticks {
-		u := c.expect(stream.TypeUpdate)
+		u := c.expect(protocol.TypeUpdate)
 		price, _ := tk.Get("price")
 		size, _ := tk.Get("size")
 		a := u.Agg
@@ -98,8 +99,8 @@ func TestWSCoalescingExact(t *testing.T) {
 	e.publish("C", 1, f("price", 50), f("size", 1))
 	c, _ := e.welcomeWS(t, wsOpts{})
 	c.send(subscribeMsg{Op: "subscribe", ID: 1, Topics: []string{"C"}, ThrottleMS: ms(20)})
-	c.expect(stream.TypeAck)
-	snap := c.expect(stream.TypeSnapshot)
+	c.expect(protocol.TypeAck)
+	snap := c.expect(protocol.TypeSnapshot)
 
 	const n = 3000
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -121,14 +122,14 @@ func TestWSCoalescingExact(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for prev < last {
 		u := c.next(time.Until(deadline))
-		if u.Type != stream.TypeUpdate {
+		if u.Type != protocol.TypeUpdate {
 			t.Fatalf("got %s, want updates only", u)
 		}
 		if u.Seq <= prev {
 			t.Fatalf("update seq %d after %d", u.Seq, prev)
 		}
 		// The window covers seqs (prev, u.Seq].
-		var want stream.WireAgg
+		var want protocol.WireAgg
 		var hi, lo, open, cl float64
 		for s := prev + 1; s <= u.Seq; s++ {
 			p := price[s]
@@ -187,8 +188,8 @@ func TestWSResumeMidStream(t *testing.T) {
 
 			c1, _ := e.welcomeWS(t, wsOpts{})
 			c1.send(subscribeMsg{Op: "subscribe", ID: 1, Topics: []string{"R"}, ThrottleMS: ms(throttle)})
-			c1.expect(stream.TypeAck)
-			tr.start("R", c1.expect(stream.TypeSnapshot).Seq)
+			c1.expect(protocol.TypeAck)
+			tr.start("R", c1.expect(protocol.TypeSnapshot).Seq)
 
 			const total = 400
 			var wg sync.WaitGroup
@@ -206,7 +207,7 @@ func TestWSResumeMidStream(t *testing.T) {
 				}
 			}()
 			for tr.last["R"] < 60 {
-				u := c1.expect(stream.TypeUpdate)
+				u := c1.expect(protocol.TypeUpdate)
 				tr.update(t, u)
 				if throttle == 0 && u.Agg.N != 1 {
 					t.Fatalf("throttle 0 update with n %d: %s", u.Agg.N, u)
@@ -219,10 +220,10 @@ func TestWSResumeMidStream(t *testing.T) {
 
 			c2, _ := e.welcomeWS(t, wsOpts{})
 			c2.send(subscribeMsg{Op: "subscribe", ID: 2, Topics: []string{"R"}, ThrottleMS: ms(throttle),
-				Resume: map[string]stream.Cursor{"R": {Epoch: e.bus.Epoch(), Seq: cursor}}})
-			c2.expect(stream.TypeAck)
+				Resume: map[string]protocol.Cursor{"R": {Epoch: e.bus.Epoch(), Seq: cursor}}})
+			c2.expect(protocol.TypeAck)
 			for tr.last["R"] < final+5 {
-				u := c2.expect(stream.TypeUpdate) // no snapshot, no reset: a replay
+				u := c2.expect(protocol.TypeUpdate) // no snapshot, no reset: a replay
 				tr.update(t, u)
 				if throttle == 0 && u.Agg.N != 1 {
 					t.Fatalf("throttle 0 update with n %d: %s", u.Agg.N, u)
@@ -250,37 +251,37 @@ func TestWSResumeCursors(t *testing.T) {
 	epoch := e.bus.Epoch()
 	tests := []struct {
 		name    string
-		cursor  stream.Cursor
+		cursor  protocol.Cursor
 		reset   string   // "" means no reset
 		updates []uint64 // replayed seqs, when not reset
 	}{
-		{"wrong epoch", stream.Cursor{Epoch: "other", Seq: 18}, stream.ResetEpoch, nil},
-		{"older than history", stream.Cursor{Epoch: epoch, Seq: 2}, stream.ResetHistoryGap, nil},
-		{"just older than history", stream.Cursor{Epoch: epoch, Seq: 14}, stream.ResetHistoryGap, nil},
-		{"ahead of the topic", stream.Cursor{Epoch: epoch, Seq: 99}, stream.ResetBadCursor, nil},
-		{"oldest kept", stream.Cursor{Epoch: epoch, Seq: 15}, "", []uint64{16, 17, 18, 19, 20}},
-		{"in history", stream.Cursor{Epoch: epoch, Seq: 18}, "", []uint64{19, 20}},
-		{"up to date", stream.Cursor{Epoch: epoch, Seq: 20}, "", nil},
+		{"wrong epoch", protocol.Cursor{Epoch: "other", Seq: 18}, protocol.ResetEpoch, nil},
+		{"older than history", protocol.Cursor{Epoch: epoch, Seq: 2}, protocol.ResetHistoryGap, nil},
+		{"just older than history", protocol.Cursor{Epoch: epoch, Seq: 14}, protocol.ResetHistoryGap, nil},
+		{"ahead of the topic", protocol.Cursor{Epoch: epoch, Seq: 99}, protocol.ResetBadCursor, nil},
+		{"oldest kept", protocol.Cursor{Epoch: epoch, Seq: 15}, "", []uint64{16, 17, 18, 19, 20}},
+		{"in history", protocol.Cursor{Epoch: epoch, Seq: 18}, "", []uint64{19, 20}},
+		{"up to date", protocol.Cursor{Epoch: epoch, Seq: 20}, "", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			c, _ := e.welcomeWS(t, wsOpts{})
 			c.send(subscribeMsg{Op: "subscribe", ID: 1, Topics: []string{"H"}, ThrottleMS: ms(0),
-				Resume: map[string]stream.Cursor{"H": tt.cursor}})
-			c.expect(stream.TypeAck)
+				Resume: map[string]protocol.Cursor{"H": tt.cursor}})
+			c.expect(protocol.TypeAck)
 			if tt.reset != "" {
-				r := c.expect(stream.TypeReset)
+				r := c.expect(protocol.TypeReset)
 				if r.Topic != "H" || r.Reason != tt.reset {
 					t.Fatalf("reset %s: want topic H, reason %s", r, tt.reset)
 				}
-				s := c.expect(stream.TypeSnapshot)
+				s := c.expect(protocol.TypeSnapshot)
 				if s.Seq != 20 || s.Epoch != epoch || s.Data["price"] != 19 {
 					t.Fatalf("snapshot %s: want seq 20, price 19", s)
 				}
 			}
 			for _, seq := range tt.updates {
-				u := c.expect(stream.TypeUpdate)
+				u := c.expect(protocol.TypeUpdate)
 				if u.Seq != seq || u.Agg.N != 1 || u.Data["price"] != float64(seq-1) || u.TS != int64(100+seq-1) {
 					t.Fatalf("replayed %s: want seq %d, price %d", u, seq, seq-1)
 				}
@@ -297,10 +298,10 @@ func TestWSPatternSubscription(t *testing.T) {
 	e.publish("Y.a", 1, f("price", 1))
 	c, _ := e.welcomeWS(t, wsOpts{})
 	c.send(subscribeMsg{Op: "subscribe", ID: 1, Topics: []string{"X.*"}, ThrottleMS: ms(0)})
-	if ack := c.expect(stream.TypeAck); !slices.Equal(ack.Topics, []string{"X.*"}) {
+	if ack := c.expect(protocol.TypeAck); !slices.Equal(ack.Topics, []string{"X.*"}) {
 		t.Fatalf("ack %s: want topics [X.*]", ack)
 	}
-	if s := c.expect(stream.TypeSnapshot); s.Topic != "X.a" || s.Seq != 1 {
+	if s := c.expect(protocol.TypeSnapshot); s.Topic != "X.a" || s.Seq != 1 {
 		t.Fatalf("snapshot %s: want X.a seq 1", s)
 	}
 	e.publish("X.b", 2, f("price", 2)) // created after the subscribe
@@ -312,7 +313,7 @@ func TestWSPatternSubscription(t *testing.T) {
 		seq   uint64
 		price float64
 	}{{"X.b", 1, 2}, {"X.a", 2, 3}} {
-		u := c.expect(stream.TypeUpdate)
+		u := c.expect(protocol.TypeUpdate)
 		if u.Topic != want.topic || u.Seq != want.seq || u.Data["price"] != want.price {
 			t.Fatalf("got %s, want update of %s seq %d price %v", u, want.topic, want.seq, want.price)
 		}
@@ -320,7 +321,7 @@ func TestWSPatternSubscription(t *testing.T) {
 	c.quiet(100 * time.Millisecond)
 
 	c.send(map[string]any{"op": "unsubscribe", "id": 2, "topics": []string{"X.*"}})
-	c.expect(stream.TypeAck)
+	c.expect(protocol.TypeAck)
 	e.publish("X.c", 4, f("price", 4))
 	e.publish("X.a", 4, f("price", 4))
 	c.quiet(100 * time.Millisecond)
@@ -341,33 +342,33 @@ func TestWSBadInput(t *testing.T) {
 		code  string
 		id    string
 	}{
-		{"not JSON", `hello`, stream.CodeBadJSON, ""},
-		{"JSON but not an object", `[1,2]`, stream.CodeBadJSON, ""},
-		{"unknown op", `{"op":"dance","id":2}`, stream.CodeUnknownOp, "2"},
-		{"missing op", `{"id":"x"}`, stream.CodeUnknownOp, `"x"`},
-		{"bad topic", `{"op":"subscribe","id":4,"topics":["bad topic!"]}`, stream.CodeBadTopic, "4"},
-		{"too many topics", `{"op":"subscribe","id":5,"topics":["a","b","c","d"]}`, stream.CodeTooManyTopics, "5"},
-		{"bad throttle", `{"op":"subscribe","id":6,"topics":["T"],"throttle_ms":-1}`, stream.CodeBadThrottle, "6"},
-		{"unknown topic", `{"op":"subscribe","id":7,"topics":["nope"]}`, stream.CodeUnknownTopic, "7"},
-		{"frame too large", big, stream.CodeFrameTooLarge, ""},
+		{"not JSON", `hello`, protocol.CodeBadJSON, ""},
+		{"JSON but not an object", `[1,2]`, protocol.CodeBadJSON, ""},
+		{"unknown op", `{"op":"dance","id":2}`, protocol.CodeUnknownOp, "2"},
+		{"missing op", `{"id":"x"}`, protocol.CodeUnknownOp, `"x"`},
+		{"bad topic", `{"op":"subscribe","id":4,"topics":["bad topic!"]}`, protocol.CodeBadTopic, "4"},
+		{"too many topics", `{"op":"subscribe","id":5,"topics":["a","b","c","d"]}`, protocol.CodeTooManyTopics, "5"},
+		{"bad throttle", `{"op":"subscribe","id":6,"topics":["T"],"throttle_ms":-1}`, protocol.CodeBadThrottle, "6"},
+		{"unknown topic", `{"op":"subscribe","id":7,"topics":["nope"]}`, protocol.CodeUnknownTopic, "7"},
+		{"frame too large", big, protocol.CodeFrameTooLarge, ""},
 	}
 	for _, tt := range tests { // in order, on one connection
 		c.send([]byte(tt.frame))
-		m := c.expect(stream.TypeError)
+		m := c.expect(protocol.TypeError)
 		if m.Code != tt.code || string(m.ID) != tt.id || m.Message == "" {
 			t.Errorf("%s: got %s, want code %q, id %q and a message", tt.name, m, tt.code, tt.id)
 		}
 		// The connection stays up.
 		c.send([]byte(`{"op":"ping","id":99}`))
-		if p := c.expect(stream.TypePong); string(p.ID) != "99" {
+		if p := c.expect(protocol.TypePong); string(p.ID) != "99" {
 			t.Errorf("%s: pong %s: want id 99", tt.name, p)
 		}
 	}
 
 	// The connection still works.
 	c.send(subscribeMsg{Op: "subscribe", ID: 10, Topics: []string{"T"}, ThrottleMS: ms(0)})
-	c.expect(stream.TypeAck)
-	c.expect(stream.TypeSnapshot)
+	c.expect(protocol.TypeAck)
+	c.expect(protocol.TypeSnapshot)
 
 	// A client that keeps misbehaving is closed with 1008; others go on.
 	spam := e.dialWS(t, wsOpts{})
@@ -381,11 +382,11 @@ func TestWSBadInput(t *testing.T) {
 		t.Errorf("spammer closed with %v, want 1008 with a reason", ce)
 	}
 	e.publish("T", 2, f("price", 2))
-	if u := c.expect(stream.TypeUpdate); u.Seq != 2 {
+	if u := c.expect(protocol.TypeUpdate); u.Seq != 2 {
 		t.Errorf("update %s: want seq 2", u)
 	}
 	c.send([]byte(`{"op":"ping","id":100}`))
-	c.expect(stream.TypePong)
+	c.expect(protocol.TypePong)
 }
 
 func TestWSHeartbeat(t *testing.T) {
@@ -404,7 +405,7 @@ func TestWSHeartbeat(t *testing.T) {
 		})
 		// Five pings took over 2 heartbeats: the pongs kept it up.
 		c.send([]byte(`{"op":"ping","id":1}`))
-		c.expect(stream.TypePong)
+		c.expect(protocol.TypePong)
 	})
 
 	t.Run("silent client without pongs is dropped", func(t *testing.T) {
@@ -456,18 +457,18 @@ func TestWSNoDuplicates(t *testing.T) {
 	e.publish("D.b", 1, f("price", 1))
 	c, _ := e.welcomeWS(t, wsOpts{})
 	c.send(subscribeMsg{Op: "subscribe", ID: 1, Topics: []string{"D.a", "D.b"}, ThrottleMS: ms(0)})
-	if ack := c.expect(stream.TypeAck); !slices.Equal(ack.Topics, []string{"D.a", "D.b"}) {
+	if ack := c.expect(protocol.TypeAck); !slices.Equal(ack.Topics, []string{"D.a", "D.b"}) {
 		t.Fatalf("ack %s", ack)
 	}
-	c.expect(stream.TypeSnapshot)
-	c.expect(stream.TypeSnapshot)
+	c.expect(protocol.TypeSnapshot)
+	c.expect(protocol.TypeSnapshot)
 	c.send(subscribeMsg{Op: "subscribe", ID: 2, Topics: []string{"D.a"}, ThrottleMS: ms(0)}) // again
-	c.expect(stream.TypeAck)
-	c.expect(stream.TypeSnapshot)
+	c.expect(protocol.TypeAck)
+	c.expect(protocol.TypeSnapshot)
 	c.send(subscribeMsg{Op: "subscribe", ID: 3, Topics: []string{"D.*"}, ThrottleMS: ms(0)}) // and by pattern
-	c.expect(stream.TypeAck)
-	c.expect(stream.TypeSnapshot)
-	c.expect(stream.TypeSnapshot)
+	c.expect(protocol.TypeAck)
+	c.expect(protocol.TypeSnapshot)
+	c.expect(protocol.TypeSnapshot)
 	tr := newSeqTracker()
 	tr.start("D.a", 1)
 	tr.start("D.b", 1)
@@ -476,7 +477,7 @@ func TestWSNoDuplicates(t *testing.T) {
 		e.publish("D.b", int64(2+i), f("price", float64(i)))
 	}
 	for range 100 {
-		tr.update(t, c.expect(stream.TypeUpdate))
+		tr.update(t, c.expect(protocol.TypeUpdate))
 	}
 	c.quiet(100 * time.Millisecond)
 
@@ -485,7 +486,7 @@ func TestWSNoDuplicates(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("publish: %d %s", status, raw)
 	}
-	if u := c.expect(stream.TypeUpdate); u.Topic != "D.a" || u.Seq != 52 || u.Data["price"] != 42 {
+	if u := c.expect(protocol.TypeUpdate); u.Topic != "D.a" || u.Seq != 52 || u.Data["price"] != 42 {
 		t.Fatalf("update %s: want D.a seq 52 price 42", u)
 	}
 }
@@ -500,5 +501,5 @@ func TestWSDisabled(t *testing.T) {
 	// SSE still works.
 	c := e.openSSE(t, "/sse", nil)
 	c.next(5 * time.Second)
-	c.expect(stream.TypeWelcome)
+	c.expect(protocol.TypeWelcome)
 }

@@ -1,23 +1,13 @@
 package stream
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
 
-	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/stream/protocol"
 )
-
-// clientMessage is any message a client sends.
-type clientMessage struct {
-	Op         string            `json:"op"`
-	ID         json.RawMessage   `json:"id"`
-	Topics     []string          `json:"topics"`
-	ThrottleMS *int64            `json:"throttle_ms"`
-	Resume     map[string]Cursor `json:"resume"`
-}
 
 // Result is what one client message did.
 type Result struct {
@@ -26,70 +16,47 @@ type Result struct {
 	Topics []string        `json:"topics"`
 	// Errors are the refused parts of the message, also sent as error
 	// messages on the stream.
-	Errors []*ProtocolError `json:"errors,omitempty"`
+	Errors []*protocol.Error `json:"errors,omitempty"`
 }
 
 // Handle carries out one client message (subscribe, unsubscribe, ping):
 // the answers (ack, snapshots, pong, errors) go on the subscriber's queue
-// in order. The returned error is a *ProtocolError when nothing of the
+// in order. The returned error is a *protocol.Error when nothing of the
 // message could be done. A subscriber that keeps sending bad messages is
-// closed with DisconnectPolicy.
+// closed with protocol.DisconnectPolicy.
 func (s *Subscriber) Handle(frame []byte) (Result, error) {
-	var msg clientMessage
-	frame = bytes.TrimSpace(frame)
-	if len(frame) == 0 || frame[0] != '{' {
-		return Result{}, s.Refuse(nil, CodeBadJSON, "want a JSON object")
+	op, perr := protocol.ParseOp(frame)
+	res := Result{Op: op.Op, ID: op.ID}
+	if perr != nil {
+		return res, s.refuse(perr)
 	}
-	if err := json.Unmarshal(frame, &msg); err != nil {
-		return Result{}, s.Refuse(nil, CodeBadJSON, err.Error())
-	}
-	if len(msg.ID) > 0 && !validID(msg.ID) {
-		return Result{}, s.Refuse(nil, CodeBadID, "id must be a number or a string of at most 64 bytes")
-	}
-	res := Result{Op: msg.Op, ID: msg.ID}
-	switch msg.Op {
-	case "ping":
-		s.push(Message{Type: TypePong, JSON: encodePong(msg.ID)})
+	switch op.Op {
+	case protocol.OpPing:
+		s.push(Message{Type: protocol.TypePong, JSON: protocol.EncodePong(op.ID)})
 		return res, nil
-	case "subscribe":
-		return s.subscribe(msg)
-	case "unsubscribe":
-		return s.unsubscribe(msg)
-	case "":
-		return res, s.Refuse(msg.ID, CodeUnknownOp, `missing "op" (want subscribe, unsubscribe or ping)`)
+	case protocol.OpSubscribe:
+		return s.subscribe(op)
 	default:
-		return res, s.Refuse(msg.ID, CodeUnknownOp, fmt.Sprintf("unknown op %q (want subscribe, unsubscribe or ping)", msg.Op))
+		return s.unsubscribe(op)
 	}
-}
-
-func validID(id json.RawMessage) bool {
-	if len(id) > 66 {
-		return false
-	}
-	var v any
-	if json.Unmarshal(id, &v) != nil {
-		return false
-	}
-	switch v.(type) {
-	case float64, string:
-		return true
-	}
-	return false
 }
 
 // Refuse sends an error message and spends the subscriber's error budget:
 // more than MaxProtocolErrors within a few seconds closes it with
-// DisconnectPolicy. Transports use it for errors they detect themselves
+// protocol.DisconnectPolicy. Transports use it for errors they detect themselves
 // (frame_too_large).
-func (s *Subscriber) Refuse(id json.RawMessage, code, message string) *ProtocolError {
-	e := &ProtocolError{ID: id, Code: code, Message: message}
+func (s *Subscriber) Refuse(id json.RawMessage, code, message string) *protocol.Error {
+	return s.refuse(&protocol.Error{ID: id, Code: code, Message: message})
+}
+
+func (s *Subscriber) refuse(e *protocol.Error) *protocol.Error {
 	s.sendError(e)
 	s.spendErrorBudget()
 	return e
 }
 
-func (s *Subscriber) sendError(e *ProtocolError) {
-	s.push(Message{Type: TypeError, JSON: encodeError(e.ID, e.Code, e.Message)})
+func (s *Subscriber) sendError(e *protocol.Error) {
+	s.push(Message{Type: protocol.TypeError, JSON: protocol.EncodeError(e.ID, e.Code, e.Message)})
 }
 
 // MaxProtocolErrors bad messages are forgiven in a burst; the budget
@@ -109,43 +76,19 @@ func (s *Subscriber) spendErrorBudget() {
 	s.subMu.Unlock()
 	if over {
 		s.mu.Lock()
-		s.closeLocked(DisconnectPolicy)
+		s.closeLocked(protocol.DisconnectPolicy)
 		s.mu.Unlock()
 	}
 }
 
-// pattern returns the prefix of a pattern topic ("crypto.*" → "crypto.").
-func pattern(t string) (prefix string, ok bool) {
-	if !strings.HasSuffix(t, "*") {
-		return "", false
-	}
-	return t[:len(t)-1], true
-}
-
-func validSubscription(t string) bool {
-	if p, ok := pattern(t); ok {
-		return p == "" || (len(p) < feeds.MaxTopicLen && feeds.ValidTopic(p))
-	}
-	return feeds.ValidTopic(t)
-}
-
-func (s *Subscriber) subscribe(msg clientMessage) (Result, error) {
+func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 	cfg := &s.bus.cfg
 	res := Result{Op: msg.Op, ID: msg.ID, Topics: []string{}}
 	interval := cfg.DefaultThrottle
 	if msg.ThrottleMS != nil {
-		ms := *msg.ThrottleMS
-		if ms < 0 || ms > cfg.MaxThrottle.Milliseconds() {
-			return res, s.Refuse(msg.ID, CodeBadThrottle, fmt.Sprintf("throttle_ms %d: want 0 to %d", ms, cfg.MaxThrottle.Milliseconds()))
-		}
-		interval = quantize(time.Duration(ms) * time.Millisecond)
-	}
-	if len(msg.Topics) == 0 {
-		return res, s.Refuse(msg.ID, CodeBadTopic, `"topics" is empty`)
-	}
-	for name, c := range msg.Resume {
-		if !feeds.ValidTopic(name) || c.Epoch == "" {
-			return res, s.Refuse(msg.ID, CodeBadResume, fmt.Sprintf("resume[%q]: want a topic with {\"epoch\":…,\"seq\":…}", name))
+		var perr *protocol.Error
+		if interval, perr = protocol.Throttle(msg.ID, *msg.ThrottleMS, cfg.MaxThrottle.Milliseconds()); perr != nil {
+			return res, s.refuse(perr)
 		}
 	}
 	s.subMu.Lock()
@@ -157,7 +100,7 @@ func (s *Subscriber) subscribe(msg clientMessage) (Result, error) {
 		}
 	}
 	for _, name := range msg.Topics {
-		p, isPattern := pattern(name)
+		p, isPattern := protocol.Pattern(name)
 		if _, ok := s.patterns[p]; isPattern && ok {
 			continue
 		}
@@ -168,7 +111,7 @@ func (s *Subscriber) subscribe(msg clientMessage) (Result, error) {
 	}
 	s.subMu.Unlock()
 	if have+fresh > cfg.MaxTopicsPerSubscriber {
-		return res, s.Refuse(msg.ID, CodeTooManyTopics, fmt.Sprintf("%d topics subscribed and %d more asked for: at most %d per connection", have, fresh, cfg.MaxTopicsPerSubscriber))
+		return res, s.Refuse(msg.ID, protocol.CodeTooManyTopics, fmt.Sprintf("%d topics subscribed and %d more asked for: at most %d per connection", have, fresh, cfg.MaxTopicsPerSubscriber))
 	}
 	var exact []*topic
 	var patterns []string
@@ -178,26 +121,25 @@ func (s *Subscriber) subscribe(msg clientMessage) (Result, error) {
 			continue
 		}
 		seen[name] = true
-		if !validSubscription(name) {
-			res.Errors = append(res.Errors, &ProtocolError{ID: msg.ID, Code: CodeBadTopic,
-				Message: fmt.Sprintf("%q: want 1-%d characters of [A-Za-z0-9._:/-], optionally ending in *", name, feeds.MaxTopicLen)})
+		if !protocol.ValidSub(name) {
+			res.Errors = append(res.Errors, protocol.BadSub(msg.ID, name))
 			continue
 		}
-		if p, ok := pattern(name); ok {
+		if p, ok := protocol.Pattern(name); ok {
 			patterns = append(patterns, p)
 			res.Topics = append(res.Topics, name)
 			continue
 		}
 		t := s.bus.lookup(name)
 		if t == nil {
-			res.Errors = append(res.Errors, &ProtocolError{ID: msg.ID, Code: CodeUnknownTopic, Message: fmt.Sprintf("no topic %q (yet); subscribe to a pattern such as %q to get topics as they appear", name, name+"*")})
+			res.Errors = append(res.Errors, &protocol.Error{ID: msg.ID, Code: protocol.CodeUnknownTopic, Message: fmt.Sprintf("no topic %q (yet); subscribe to a pattern such as %q to get topics as they appear", name, name+"*")})
 			continue
 		}
 		exact = append(exact, t)
 		res.Topics = append(res.Topics, name)
 	}
 	if len(res.Topics) > 0 {
-		s.push(Message{Type: TypeAck, JSON: encodeAck(msg.ID, res.Topics)})
+		s.push(Message{Type: protocol.TypeAck, JSON: protocol.EncodeAck(msg.ID, res.Topics)})
 	}
 	var first error
 	for _, e := range res.Errors {
@@ -225,14 +167,14 @@ func (s *Subscriber) subscribe(msg clientMessage) (Result, error) {
 // join (re)subscribes s to t, replacing an earlier subscription: the
 // newest subscribe's throttle wins. A topic once named stays named when a
 // pattern re-joins it, so that dropping the pattern keeps it.
-func (s *Subscriber) join(t *topic, interval time.Duration, resume map[string]Cursor, named bool) {
+func (s *Subscriber) join(t *topic, interval time.Duration, resume map[string]protocol.Cursor, named bool) {
 	s.subMu.Lock()
 	if old := s.members[t.name]; old != nil && old.named {
 		named = true
 	}
 	s.subMu.Unlock()
 	s.drop(t.name)
-	var cur *Cursor
+	var cur *protocol.Cursor
 	if c, ok := resume[t.name]; ok {
 		cur = &c
 	}
@@ -294,20 +236,17 @@ func (s *Subscriber) drop(name string) {
 	m.topic.mu.Unlock()
 }
 
-func (s *Subscriber) unsubscribe(msg clientMessage) (Result, error) {
+func (s *Subscriber) unsubscribe(msg protocol.Op) (Result, error) {
 	res := Result{Op: msg.Op, ID: msg.ID, Topics: []string{}}
-	if len(msg.Topics) == 0 {
-		return res, s.Refuse(msg.ID, CodeBadTopic, `"topics" is empty`)
-	}
 	for _, name := range msg.Topics {
-		if !validSubscription(name) {
-			e := &ProtocolError{ID: msg.ID, Code: CodeBadTopic, Message: fmt.Sprintf("%q is not a topic or pattern", name)}
+		if !protocol.ValidSub(name) {
+			e := protocol.BadSub(msg.ID, name)
 			s.sendError(e)
 			res.Errors = append(res.Errors, e)
 			continue
 		}
 		res.Topics = append(res.Topics, name)
-		if p, ok := pattern(name); ok {
+		if p, ok := protocol.Pattern(name); ok {
 			s.bus.unsubscribePattern(s, p)
 			continue
 		}
@@ -319,18 +258,8 @@ func (s *Subscriber) unsubscribe(msg clientMessage) (Result, error) {
 	if len(res.Topics) == 0 {
 		return res, res.Errors[0]
 	}
-	s.push(Message{Type: TypeAck, JSON: encodeAck(msg.ID, res.Topics)})
+	s.push(Message{Type: protocol.TypeAck, JSON: protocol.EncodeAck(msg.ID, res.Topics)})
 	return res, nil
-}
-
-// quantize rounds a throttle up to a multiple of 10 ms, which bounds the
-// number of distinct flush intervals (one goroutine each).
-func quantize(d time.Duration) time.Duration {
-	const q = 10 * time.Millisecond
-	if d <= 0 {
-		return 0
-	}
-	return (d + q - 1) / q * q
 }
 
 // SubscribeRequest is a subscribe that did not come as JSON (the SSE
@@ -338,10 +267,10 @@ func quantize(d time.Duration) time.Duration {
 type SubscribeRequest struct {
 	Topics     []string
 	ThrottleMS *int64 // nil means the default throttle
-	Resume     map[string]Cursor
+	Resume     map[string]protocol.Cursor
 }
 
 // Subscribe subscribes like a subscribe message.
 func (s *Subscriber) Subscribe(r SubscribeRequest) (Result, error) {
-	return s.subscribe(clientMessage{Op: "subscribe", Topics: r.Topics, ThrottleMS: r.ThrottleMS, Resume: r.Resume})
+	return s.subscribe(protocol.Op{Op: protocol.OpSubscribe, Topics: r.Topics, ThrottleMS: r.ThrottleMS, Resume: r.Resume})
 }

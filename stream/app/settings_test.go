@@ -1,4 +1,4 @@
-package server_test
+package app_test
 
 import (
 	"errors"
@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tickstream/tickstream/stream/server"
+	"github.com/tickstream/tickstream/stream/app"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -43,7 +43,7 @@ func TestSettingsPrecedence(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			s, err := server.LoadSettings(tt.args, envOf(tt.env), io.Discard)
+			s, err := app.LoadSettings(tt.args, envOf(tt.env), io.Discard)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -97,7 +97,7 @@ func TestSettingsErrors(t *testing.T) {
 			if tt.config != "" {
 				args = append([]string{"--config", writeConfig(t, tt.config)}, args...)
 			}
-			_, err := server.LoadSettings(args, envOf(tt.env), io.Discard)
+			_, err := app.LoadSettings(args, envOf(tt.env), io.Discard)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -105,15 +105,15 @@ func TestSettingsErrors(t *testing.T) {
 			if !strings.HasPrefix(msg, tt.want) || strings.Contains(msg, "\n") {
 				t.Errorf("error %q: want one line starting with %q", msg, tt.want)
 			}
-			var se *server.SettingError
+			var se *app.SettingError
 			if !errors.As(err, &se) {
-				t.Errorf("error %T is not a *server.SettingError", err)
+				t.Errorf("error %T is not a *app.SettingError", err)
 			}
 		})
 	}
 	t.Run("unknown key names it", func(t *testing.T) {
 		t.Parallel()
-		_, err := server.LoadSettings([]string{"--config", writeConfig(t, "heartbeat: 100\n")}, envOf(nil), io.Discard)
+		_, err := app.LoadSettings([]string{"--config", writeConfig(t, "heartbeat: 100\n")}, envOf(nil), io.Discard)
 		if err == nil || !strings.Contains(err.Error(), "heartbeat") {
 			t.Errorf("error %v: want it to name the unknown key", err)
 		}
@@ -121,8 +121,8 @@ func TestSettingsErrors(t *testing.T) {
 	t.Run("help", func(t *testing.T) {
 		t.Parallel()
 		var out strings.Builder
-		_, err := server.LoadSettings([]string{"--help"}, envOf(nil), &out)
-		if !errors.Is(err, server.ErrHelp) || !strings.Contains(out.String(), "--heartbeat-ms") && !strings.Contains(out.String(), "-heartbeat-ms") {
+		_, err := app.LoadSettings([]string{"--help"}, envOf(nil), &out)
+		if !errors.Is(err, app.ErrHelp) || !strings.Contains(out.String(), "--heartbeat-ms") && !strings.Contains(out.String(), "-heartbeat-ms") {
 			t.Errorf("--help: %v, usage %q", err, out.String())
 		}
 	})

@@ -1,4 +1,4 @@
-package feeds
+package tick
 
 import (
 	"bytes"

@@ -1,4 +1,7 @@
-package feeds
+// Package tick is tickstream's data model: a Tick (topic, source time,
+// numeric fields), its validation and its JSON form. It imports nothing of
+// the feed framework or the bus, so both can depend on it.
+package tick
 
 import (
 	"bytes"
@@ -77,26 +80,26 @@ func (t Tick) Clone() Tick {
 }
 
 // Errors returned by Validate and ParseTick. They are wrapped in a
-// *TickError that names the offending part.
+// *Error that names the offending part.
 var (
-	ErrBadTopic     = errors.New("feeds: bad topic")
-	ErrBadField     = errors.New("feeds: bad field")
-	ErrNonFinite    = errors.New("feeds: non-finite number")
-	ErrTooManyField = errors.New("feeds: too many fields")
-	ErrBadJSON      = errors.New("feeds: bad tick JSON")
+	ErrBadTopic     = errors.New("tick: bad topic")
+	ErrBadField     = errors.New("tick: bad field")
+	ErrNonFinite    = errors.New("tick: non-finite number")
+	ErrTooManyField = errors.New("tick: too many fields")
+	ErrBadJSON      = errors.New("tick: bad tick JSON")
 )
 
-// TickError says why a tick was refused.
-type TickError struct {
+// Error says why a tick was refused.
+type Error struct {
 	Err    error  // one of the Err… sentinels above
 	Detail string // what exactly was wrong, for people
 }
 
-func (e *TickError) Error() string { return e.Err.Error() + ": " + e.Detail }
-func (e *TickError) Unwrap() error { return e.Err }
+func (e *Error) Error() string { return e.Err.Error() + ": " + e.Detail }
+func (e *Error) Unwrap() error { return e.Err }
 
 func tickErr(err error, format string, args ...any) error {
-	return &TickError{Err: err, Detail: fmt.Sprintf(format, args...)}
+	return &Error{Err: err, Detail: fmt.Sprintf(format, args...)}
 }
 
 // ValidTopic reports whether s is a valid topic name.

@@ -1,4 +1,4 @@
-package server
+package app
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/server"
 )
 
 // Run runs the tickstream server as the tickstream command does: it reads
@@ -77,7 +78,7 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 	}
 	sup, err := feeds.NewSupervisor(feeds.SupervisorConfig{
 		Feeds:      feedConfigs,
-		Sink:       bus.Sink,
+		Sink:       func(feed string) feeds.Sink { return bus.Sink(feed) },
 		Registerer: reg,
 		Logger:     log,
 	})
@@ -86,7 +87,7 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		return err
 	}
 
-	srv, err := New(Config{
+	srv, err := server.New(server.Config{
 		Bus:              bus,
 		Feeds:            sup,
 		PublishSink:      sup.ExternalSink("http", "http"),
@@ -123,7 +124,7 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 	defer cancel()
 	// Reverse order of start-up: HTTP (clients get 1001), feeds, bus.
 	errs := []error{srv.Shutdown(sctx)}
-	if err := <-serveErr; err != nil && !errors.Is(err, ErrServerClosed) {
+	if err := <-serveErr; err != nil && !errors.Is(err, server.ErrServerClosed) {
 		errs = append(errs, err)
 	}
 	errs = append(errs, sup.Close(sctx), bus.Close(sctx))

@@ -1,10 +1,10 @@
-package stream
+package protocol
 
 import (
 	"encoding/json"
 	"strconv"
 
-	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
 )
 
 // Message types on the wire.
@@ -22,7 +22,8 @@ const (
 // Topic names, field names and epochs are restricted to characters that
 // need no JSON escaping, so the encoders below append them verbatim.
 
-func appendFields(b []byte, fs []feeds.Field) []byte {
+// AppendFields appends fs as a JSON object {"name":value,…} in order.
+func AppendFields(b []byte, fs []tick.Field) []byte {
 	b = append(b, '{')
 	for i, f := range fs {
 		if i > 0 {
@@ -31,7 +32,7 @@ func appendFields(b []byte, fs []feeds.Field) []byte {
 		b = append(b, '"')
 		b = append(b, f.Name...)
 		b = append(b, '"', ':')
-		b = feeds.AppendFloat(b, f.Value)
+		b = tick.AppendFloat(b, f.Value)
 	}
 	return append(b, '}')
 }
@@ -49,31 +50,33 @@ func appendHead(b []byte, typ, topic, epoch string, seq uint64, ts int64) []byte
 	return strconv.AppendInt(b, ts, 10)
 }
 
-func appendUpdate(b []byte, u *Update) []byte {
-	b = appendHead(b, TypeUpdate, u.Topic, u.Epoch, u.Seq, u.TS)
+// AppendUpdate appends an update message.
+func AppendUpdate(b []byte, topic, epoch string, seq uint64, ts int64, data []tick.Field, agg *Agg) []byte {
+	b = appendHead(b, TypeUpdate, topic, epoch, seq, ts)
 	b = append(b, `,"data":`...)
-	b = appendFields(b, u.Data)
+	b = AppendFields(b, data)
 	b = append(b, `,"agg":{"n":`...)
-	b = strconv.AppendInt(b, u.Agg.N, 10)
-	if u.Agg.HasPrice {
+	b = strconv.AppendInt(b, agg.N, 10)
+	if agg.HasPrice {
 		b = append(b, `,"o":`...)
-		b = feeds.AppendFloat(b, u.Agg.O)
+		b = tick.AppendFloat(b, agg.O)
 		b = append(b, `,"h":`...)
-		b = feeds.AppendFloat(b, u.Agg.H)
+		b = tick.AppendFloat(b, agg.H)
 		b = append(b, `,"l":`...)
-		b = feeds.AppendFloat(b, u.Agg.L)
+		b = tick.AppendFloat(b, agg.L)
 		b = append(b, `,"c":`...)
-		b = feeds.AppendFloat(b, u.Agg.C)
+		b = tick.AppendFloat(b, agg.C)
 	}
 	b = append(b, `,"v":`...)
-	b = feeds.AppendFloat(b, u.Agg.V)
+	b = tick.AppendFloat(b, agg.V)
 	return append(b, "}}"...)
 }
 
-func appendSnapshot(b []byte, topic, epoch string, seq uint64, ts int64, data []feeds.Field) []byte {
+// AppendSnapshot appends a snapshot message.
+func AppendSnapshot(b []byte, topic, epoch string, seq uint64, ts int64, data []tick.Field) []byte {
 	b = appendHead(b, TypeSnapshot, topic, epoch, seq, ts)
 	b = append(b, `,"data":`...)
-	b = appendFields(b, data)
+	b = AppendFields(b, data)
 	return append(b, '}')
 }
 
@@ -85,7 +88,8 @@ func appendID(b []byte, id json.RawMessage) []byte {
 	return append(b, id...)
 }
 
-func encodeAck(id json.RawMessage, topics []string) []byte {
+// EncodeAck returns an ack message.
+func EncodeAck(id json.RawMessage, topics []string) []byte {
 	b := []byte(`{"type":"ack"`)
 	b = appendID(b, id)
 	b = append(b, `,"topics":[`...)
@@ -98,7 +102,8 @@ func encodeAck(id json.RawMessage, topics []string) []byte {
 	return append(b, "]}"...)
 }
 
-func encodeError(id json.RawMessage, code, message string) []byte {
+// EncodeError returns an error message.
+func EncodeError(id json.RawMessage, code, message string) []byte {
 	b := []byte(`{"type":"error"`)
 	b = appendID(b, id)
 	b = append(b, `,"code":`...)
@@ -115,13 +120,15 @@ func appendString(b []byte, s string) []byte {
 	return append(b, q...)
 }
 
-func encodePong(id json.RawMessage) []byte {
+// EncodePong returns a pong message.
+func EncodePong(id json.RawMessage) []byte {
 	b := []byte(`{"type":"pong"`)
 	b = appendID(b, id)
 	return append(b, '}')
 }
 
-func encodeReset(topic, reason string) []byte {
+// EncodeReset returns a reset message.
+func EncodeReset(topic, reason string) []byte {
 	b := []byte(`{"type":"reset","topic":"`)
 	b = append(b, topic...)
 	b = append(b, `","reason":"`...)
@@ -129,7 +136,8 @@ func encodeReset(topic, reason string) []byte {
 	return append(b, `"}`...)
 }
 
-func encodeStatus(lagging bool, throttleMS int64) []byte {
+// EncodeStatus returns a status message.
+func EncodeStatus(lagging bool, throttleMS int64) []byte {
 	b := []byte(`{"type":"status","lagging":`)
 	b = strconv.AppendBool(b, lagging)
 	b = append(b, `,"throttle_ms":`...)
@@ -149,7 +157,7 @@ func EncodeWelcome(session string, heartbeatMS, serverTimeMS int64) []byte {
 }
 
 // Fields is a list of fields that encodes as a JSON object.
-type Fields []feeds.Field
+type Fields []tick.Field
 
 // MarshalJSON writes the fields as {"name":value,…} in order.
-func (f Fields) MarshalJSON() ([]byte, error) { return appendFields(nil, f), nil }
+func (f Fields) MarshalJSON() ([]byte, error) { return AppendFields(nil, f), nil }

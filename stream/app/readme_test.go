@@ -1,4 +1,4 @@
-package server_test
+package app_test
 
 import (
 	"os"
@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tickstream/tickstream/stream/server"
+	"github.com/tickstream/tickstream/stream/app"
 )
 
 // The README's settings table is the user's reference: every setting must
@@ -16,7 +16,7 @@ func TestREADMEListsEverySetting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := reflect.TypeFor[server.Settings]()
+	st := reflect.TypeFor[app.Settings]()
 	for i := range st.NumField() {
 		key := st.Field(i).Tag.Get("yaml")
 		def := st.Field(i).Tag.Get("default")
