@@ -98,17 +98,32 @@ func ParseCursor(id string) (ParsedCursor, error) {
 	}
 	for _, group := range strings.Split(id, "!") {
 		epoch, list, ok := strings.Cut(group, "~")
-		if !ok || epoch == "" {
+		if !ok || !ValidEpoch(epoch) {
 			return out, ErrBadCursor
 		}
 		for _, item := range strings.Split(list, ",") {
 			topic, seqText, ok := strings.Cut(item, "=")
 			seq, err := strconv.ParseUint(seqText, 10, 64)
-			if !ok || err != nil || !tick.ValidTopic(topic) {
+			if _, dup := out.Positions[topic]; dup || !ok || err != nil || !tick.ValidTopic(topic) {
 				return out, ErrBadCursor
 			}
 			out.Positions[topic] = Cursor{Epoch: epoch, Seq: seq}
 		}
 	}
 	return out, nil
+}
+
+// ValidEpoch reports whether e can be an epoch: 1-64 characters of
+// [A-Za-z0-9_-], so that it needs no escaping in JSON or a cursor.
+func ValidEpoch(e string) bool {
+	if len(e) == 0 || len(e) > 64 {
+		return false
+	}
+	for i := 0; i < len(e); i++ {
+		c := e[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

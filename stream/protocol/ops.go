@@ -68,7 +68,7 @@ func ParseOp(frame []byte) (Op, *Error) {
 		return fail(CodeBadTopic, `"topics" is empty`)
 	}
 	for name, c := range op.Resume {
-		if !tick.ValidTopic(name) || c.Epoch == "" {
+		if !tick.ValidTopic(name) || !ValidEpoch(c.Epoch) {
 			return fail(CodeBadResume, "resume[%q]: want a topic with {\"epoch\":…,\"seq\":…}", name)
 		}
 	}
