@@ -32,6 +32,20 @@ func (w *window) fold(t *tick.Tick, seq uint64, accepted time.Time) {
 	w.seq, w.ts, w.accepted = seq, t.TS, accepted
 }
 
+// prepend folds e, which came before every tick in w, into w.
+func (w *window) prepend(topic string, e *histEntry) {
+	var first window
+	tk := tick.Tick{Topic: topic, TS: e.ts, Fields: e.fields}
+	first.fold(&tk, e.seq, e.accepted)
+	if w.empty() {
+		*w = first
+		return
+	}
+	first.agg.Merge(w.agg)
+	w.agg = first.agg
+	w.data = mergeFields(first.data, w.data)
+}
+
 // take returns the window's update and empties the window.
 func (w *window) take(topic, epoch string) *Update {
 	u := &Update{

@@ -58,6 +58,10 @@ type BusConfig struct {
 	Metrics *Metrics
 	// Logger logs bus events. Zero value means slog.Default().
 	Logger *slog.Logger
+	// FlusherIdle is how long a throttle interval's flusher goroutine runs
+	// with nothing to flush before it ends (it also lasts at least two
+	// intervals). Zero value means 5 s.
+	FlusherIdle time.Duration
 }
 
 func (c *BusConfig) setDefaults() error {
@@ -83,6 +87,7 @@ func (c *BusConfig) setDefaults() error {
 	defDur(&c.MaxThrottle, time.Minute)
 	defDur(&c.LagThrottle, 2*time.Second)
 	defDur(&c.Heartbeat, 15*time.Second)
+	defDur(&c.FlusherIdle, 5*time.Second)
 	if c.Epoch == "" {
 		c.Epoch = NewID(8)
 	}

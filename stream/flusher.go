@@ -2,20 +2,36 @@ package stream
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // flusher closes the dirty windows of every group with one interval. There
 // is one per distinct interval in use (intervals are quantized to 10 ms),
-// so the number of goroutines does not grow with topics or subscribers.
+// so the number of goroutines does not grow with topics or subscribers; a
+// flusher with nothing to flush for a while ends, so a client cycling
+// through throttles leaves none behind. Interval 0 is the instant flusher:
+// it fans out throttle-0 ticks as soon as it is woken, so that publishing
+// never does a subscriber's work.
 type flusher struct {
 	bus      *Bus
 	interval time.Duration
 	quit     chan struct{}
+	wake     chan struct{} // interval 0 only; cap 1
 
-	mu    sync.Mutex // last in the lock order: taken with topic.mu held
-	dirty []*group
-	spare []*group // the flusher goroutine's own
+	mu      sync.Mutex // last in the lock order: taken with topic.mu held
+	dirty   []*group
+	spare   []*group // the flusher goroutine's own
+	stopped bool     // ended while idle: schedule must start another
+
+	queued atomic.Int64 // groups added and not yet flushed (tests wait on it)
+}
+
+// schedule queues g, whose window just got its first tick, on the flusher
+// of its interval. Called with g.topic.mu held.
+func (b *Bus) schedule(g *group) {
+	for !b.flusherFor(g.interval).add(g) {
+	}
 }
 
 // flusherFor returns the running flusher for interval, starting it.
@@ -27,20 +43,51 @@ func (b *Bus) flusherFor(interval time.Duration) *flusher {
 		return f
 	}
 	f := &flusher{bus: b, interval: interval, quit: make(chan struct{})}
+	if interval == 0 {
+		f.wake = make(chan struct{}, 1)
+	}
 	if b.flClosed {
 		return f // never runs: nothing is delivered after Close
 	}
 	b.flushers[interval] = f
 	b.wg.Add(1)
-	go f.run()
+	if interval == 0 {
+		go f.runInstant()
+	} else {
+		go f.run()
+	}
 	return f
 }
 
-// add queues g for the next flush. Called with g.topic.mu held.
-func (f *flusher) add(g *group) {
+// add queues g for the next flush. It returns false if the flusher has
+// ended; the caller asks for a new one. Called with g.topic.mu held.
+func (f *flusher) add(g *group) bool {
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped {
+		return false
+	}
 	f.dirty = append(f.dirty, g)
-	f.mu.Unlock()
+	f.queued.Add(1)
+	if f.wake != nil {
+		select {
+		case f.wake <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+func (f *flusher) runInstant() {
+	defer f.bus.wg.Done()
+	for {
+		select {
+		case <-f.quit:
+			return
+		case <-f.wake:
+			f.flush()
+		}
+	}
 }
 
 func (f *flusher) run() {
@@ -58,17 +105,41 @@ func (f *flusher) run() {
 	f.flush()
 	tk := time.NewTicker(f.interval)
 	defer tk.Stop()
+	idleTicks := max(2, int(f.bus.cfg.FlusherIdle/f.interval))
+	idle := 0
 	for {
 		select {
 		case <-f.quit:
 			return
 		case <-tk.C:
-			f.flush()
+			if f.flush() > 0 {
+				idle = 0
+			} else if idle++; idle >= idleTicks && f.stopIfIdle() {
+				return
+			}
 		}
 	}
 }
 
-func (f *flusher) flush() {
+// stopIfIdle ends the flusher unless a group was queued meanwhile.
+func (f *flusher) stopIfIdle() bool {
+	b := f.bus
+	b.flMu.Lock()
+	defer b.flMu.Unlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.dirty) > 0 {
+		return false
+	}
+	f.stopped = true
+	if b.flushers[f.interval] == f {
+		delete(b.flushers, f.interval)
+	}
+	return true
+}
+
+// flush flushes the queued groups and returns how many there were.
+func (f *flusher) flush() int {
 	f.mu.Lock()
 	list := f.dirty
 	f.dirty = f.spare[:0]
@@ -83,6 +154,9 @@ func (f *flusher) flush() {
 		}
 		t.mu.Unlock()
 	}
+	n := len(list)
+	f.queued.Add(-int64(n))
 	clear(list)
 	f.spare = list
+	return n
 }

@@ -346,7 +346,22 @@ func mustHandle(t testing.TB, s *Subscriber, frame string) Result {
 }
 
 // drainAll takes every queued message without a transport.
-func drainAll(s *Subscriber) []Message { return s.drain(nil) }
+func drainAll(s *Subscriber) []Message {
+	settle(s.bus)
+	return s.drain(nil)
+}
+
+// settle waits until the instant flusher has fanned out every throttle-0
+// tick published so far, so that tests read queues deterministically.
+func settle(b *Bus) {
+	b.flMu.Lock()
+	f := b.flushers[0]
+	b.flMu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	for f != nil && f.queued.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Microsecond)
+	}
+}
 
 // tickLog records published ticks by topic and seq, safe for concurrent
 // use, so that any update can be checked against the ticks it covers.

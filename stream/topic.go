@@ -53,18 +53,27 @@ type group struct {
 	interval time.Duration
 	members  []*membership
 	win      window
-	// joins hold members who joined while win already had ticks: they
-	// must not get the ticks folded before they joined (their snapshot or
-	// replay covered those), so each join point keeps its own window
-	// until the next flush.
+	// instant holds a throttle-0 group's ticks not yet fanned out, one
+	// window each (the last one folds several only past
+	// maxInstantBacklog, when the instant flusher falls behind).
+	instant []window
+	// joins hold members who joined while the window already had ticks:
+	// they must not get the ticks folded before they joined (their
+	// snapshot or replay covered those). Their first update is built at
+	// the flush from history, so publishing costs nothing per joiner.
 	joins   []*joinWindow
-	dirty   bool // queued on the flusher
+	dirty   bool // queued on a flusher
 	removed bool // no longer in topic.groups
 }
 
+// maxInstantBacklog bounds a throttle-0 group's ticks waiting for the
+// instant flusher; past it they coalesce (agg stays exact).
+const maxInstantBacklog = 1024
+
+// joinWindow is the members who joined after seq afterSeq, before the
+// window's flush.
 type joinWindow struct {
 	afterSeq uint64
-	win      window
 	members  []*membership
 }
 
@@ -118,21 +127,21 @@ func (t *topic) publish(tk *tick.Tick, accepted time.Time) uint64 {
 
 	for _, g := range t.groups {
 		if g.interval == 0 {
-			if len(g.members) == 0 {
+			// Every tick is one update; the fan-out runs on the bus's
+			// instant flusher, not on the publisher's goroutine.
+			if len(g.members) == 0 && !g.hasJoiners() {
 				continue
 			}
-			var w window
-			w.fold(tk, seq, accepted)
-			g.fanout(w.take(t.name, cfg.Epoch).encoded(), g.members)
-			continue
-		}
-		g.win.fold(tk, seq, accepted)
-		for _, j := range g.joins {
-			j.win.fold(tk, seq, accepted)
+			if n := len(g.instant); n == 0 || n < maxInstantBacklog || len(g.joins) > 0 {
+				g.instant = append(g.instant, window{})
+			}
+			g.instant[len(g.instant)-1].fold(tk, seq, accepted)
+		} else {
+			g.win.fold(tk, seq, accepted)
 		}
 		if !g.dirty {
 			g.dirty = true
-			t.bus.flusherFor(g.interval).add(g)
+			t.bus.schedule(g)
 		}
 	}
 	return seq
@@ -148,20 +157,36 @@ func (g *group) fanout(u *Update, members []*membership) {
 	}
 }
 
-// flush closes the group's window. Called by the flusher with topic.mu held.
+// flush closes the group's window. Called by a flusher with topic.mu held.
 func (g *group) flush() {
 	g.dirty = false
 	t := g.topic
-	if !g.win.empty() {
-		u := g.win.take(t.name, t.bus.cfg.Epoch)
+	epoch := t.bus.cfg.Epoch
+	if g.interval == 0 {
+		for i := range g.instant {
+			w := &g.instant[i]
+			last := w.seq
+			u := w.take(t.name, epoch).encoded()
+			g.fanout(u, g.members)
+			for _, j := range g.joins {
+				if last > j.afterSeq {
+					g.fanout(u, j.members)
+				}
+			}
+		}
+		clear(g.instant)
+		g.instant = g.instant[:0]
+		if cap(g.instant) > 64 {
+			g.instant = nil // a burst's backlog is not kept
+		}
+	} else if !g.win.empty() {
+		u := g.win.take(t.name, epoch)
 		if len(g.members) > 0 {
 			g.fanout(u.encoded(), g.members)
 		}
+		g.flushJoins()
 	}
 	for _, j := range g.joins {
-		if !j.win.empty() {
-			g.fanout(j.win.take(t.name, t.bus.cfg.Epoch).encoded(), j.members)
-		}
 		for _, m := range j.members {
 			m.join = nil
 			m.index = len(g.members)
@@ -170,6 +195,37 @@ func (g *group) flush() {
 	}
 	clear(g.joins)
 	g.joins = g.joins[:0]
+}
+
+// flushJoins sends each join point's members the ticks after their join,
+// folded from history in one backward pass over the window's ticks (joins
+// are in increasing afterSeq order). A member whose join point history no
+// longer reaches gets reset and a snapshot instead.
+func (g *group) flushJoins() {
+	t := g.topic
+	var suffix window // the ticks after seq, oldest first
+	seq, i := t.seq, len(t.hist)-1
+	for k := len(g.joins) - 1; k >= 0; k-- {
+		j := g.joins[k]
+		for seq > j.afterSeq && i >= 0 {
+			suffix.prepend(t.name, t.histAt(i))
+			seq, i = seq-1, i-1
+		}
+		if len(j.members) == 0 {
+			continue
+		}
+		if seq > j.afterSeq {
+			for _, m := range j.members {
+				t.pushReset(m.sub, protocol.ResetHistoryGap)
+				t.pushSnapshot(m.sub)
+			}
+			continue
+		}
+		if !suffix.empty() {
+			w := suffix // take empties its copy only
+			g.fanout(w.take(t.name, t.bus.cfg.Epoch).encoded(), j.members)
+		}
+	}
 }
 
 // remove takes m out of its group. Called with topic.mu held.
@@ -194,6 +250,7 @@ func (t *topic) remove(m *membership) {
 	if len(g.members) == 0 && !g.hasJoiners() && !g.removed {
 		g.removed = true
 		g.win = window{}
+		g.instant = nil
 		g.joins = nil
 		if t.groups[g.interval] == g {
 			delete(t.groups, g.interval)
@@ -239,7 +296,7 @@ func (t *topic) join(s *Subscriber, interval time.Duration, cur *protocol.Cursor
 		t.groups[interval] = g
 	}
 	m := &membership{sub: s, topic: t, group: g, index: -1, named: named}
-	if interval > 0 && !g.win.empty() {
+	if !g.win.empty() || len(g.instant) > 0 {
 		var j *joinWindow
 		if n := len(g.joins); n > 0 && g.joins[n-1].afterSeq == t.seq {
 			j = g.joins[n-1]
