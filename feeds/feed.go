@@ -22,9 +22,23 @@ type Source interface {
 	Run(ctx context.Context, out Sink) error
 }
 
-// Sink is where a feed publishes ticks. Publish validates the tick and
-// returns a *TickError if it was refused. It never blocks on subscribers.
-// The tick is copied; the caller may reuse it.
+// Sink is where a feed publishes ticks. Publish never blocks on
+// subscribers. The tick is copied; the caller may reuse it.
+//
+// The error contract, which every feed follows (feeds.Deliver applies it):
+//
+//   - nil: the tick was accepted.
+//   - a *TickError: this one tick was refused (invalid, or over a limit of
+//     the bus: ErrOverLimit). The feed skips it and goes on with the next
+//     one; it never fails or restarts because of it, which would publish
+//     what it already sent again. The supervisor's sink counts the drop
+//     for the feed (Status.Dropped, LastDropReason).
+//   - an error wrapping ErrClosed: the bus is closed for good. The feed
+//     stops: Run returns nil (the supervisor also treats a returned
+//     ErrClosed as the end of the feed, not as a failure).
+//
+// A Sink returns nothing else; a feed that gets another error returns it
+// from Run and is restarted.
 type Sink interface {
 	Publish(Tick) error
 }
@@ -150,6 +164,12 @@ const (
 	StateStopped    State = "stopped"
 	// StateStandby is a backup feed waiting for its primary to go down.
 	StateStandby State = "standby"
+	// StateDegraded is a running feed whose messages are all being
+	// dropped: within the last DegradedWindow (10 s) it dropped at least
+	// DegradedMin (10) messages and had none accepted. It is running
+	// again as soon as a tick is accepted, or once a whole window passes
+	// with fewer drops.
+	StateDegraded State = "degraded"
 )
 
 // Status is what /api/feeds shows for one feed.
@@ -166,8 +186,22 @@ type Status struct {
 	Backup string `json:"backup,omitempty"`
 	// ActiveBackup is true while this feed's backup is standing in for it.
 	ActiveBackup bool `json:"backup_active,omitempty"`
-	// StandsInFor lists the primaries a running backup feed is covering.
+	// StandsInFor lists the primaries a running backup feed is covering:
+	// while it is not empty, the feed's ticks stand in for theirs (for
+	// example simulated prices for a failed exchange feed), and a
+	// dashboard should say so. Supervisor.SourceOf tells which feed last
+	// published a topic.
 	StandsInFor []string `json:"stands_in_for,omitempty"`
+	// Dropped counts the messages this feed received but that never
+	// became an accepted tick: ticks refused by the bus and messages the
+	// adapter could not map. They are skipped, never retried.
+	Dropped uint64 `json:"dropped"`
+	// LastDropReason is the DropReason of the last drop (a short label:
+	// unmapped, bad_topic, …), and LastDropError what exactly was wrong.
+	LastDropReason DropReason `json:"last_drop_reason,omitempty"`
+	LastDropError  string     `json:"last_drop_error,omitempty"`
+	// LastDrop is when the last drop happened.
+	LastDrop time.Time `json:"last_drop,omitzero"`
 	// Failures counts consecutive failed runs; it resets when the feed is
 	// up again (it published, or ran a while without error).
 	Failures int `json:"failures,omitempty"`

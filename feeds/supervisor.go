@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,12 @@ type SupervisorConfig struct {
 	// feed keeps being retried at up to MaxBackoff, because the far end
 	// (an exchange, a NATS server) may come back. Zero value means 5.
 	FailAfter int
+	// DegradedWindow and DegradedMin define StateDegraded: a running feed
+	// is degraded while, within the last DegradedWindow, it dropped at
+	// least DegradedMin messages and had no tick accepted. Zero values
+	// mean 10 s and 10.
+	DegradedWindow time.Duration
+	DegradedMin    int
 }
 
 // Supervisor runs feeds: one goroutine per running feed, each restarted
@@ -57,6 +64,16 @@ type SupervisorConfig struct {
 //
 // A Run that returns nil before its context ends has finished (a replay
 // without loop): the feed shows as stopped and is not restarted.
+//
+// A Run that returns an error wrapping ErrClosed (the bus is closed) has
+// also finished; it is not a failure and is not restarted.
+//
+// Every tick a feed publishes goes through a counting sink: accepted ticks
+// count in Status.Ticks, refused ones (a *TickError from the bus) and the
+// messages the adapter reports through Drop count in Status.Dropped, by
+// reason in tickstream_feed_dropped_total{feed,reason} (reason is one of
+// DropReasons, so the label stays bounded), and a running feed that drops
+// everything shows as StateDegraded (see SupervisorConfig.DegradedWindow).
 //
 // A feed may name a backup. The backup stays in standby until its primary
 // fails, runs while the primary is restarting or failed, and is stopped
@@ -76,6 +93,10 @@ type Supervisor struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// sources maps a topic to the feed that last published it (SourceOf).
+	srcMu   sync.RWMutex
+	sources map[string]*feedRun
 
 	mu      sync.Mutex
 	feeds   map[string]*feedRun
@@ -101,6 +122,16 @@ type feedRun struct {
 	lagMS       atomic.Int64
 	waitingTick atomic.Bool // a run has started and not yet published
 
+	dropped  atomic.Uint64
+	dropMu   sync.Mutex
+	dropRing []int64 // Unix ns of the last DegradedMin drops, a ring
+	dropNext int     // next slot of dropRing
+	lastDrop struct {
+		reason DropReason
+		detail string
+		at     int64 // Unix ns
+	}
+
 	ticksC    prometheus.Counter
 	restartsC prometheus.Counter
 	upG       prometheus.Gauge
@@ -119,12 +150,13 @@ type feedRun struct {
 }
 
 type supervisorMetrics struct {
-	up, lag, backup *prometheus.GaugeVec
-	ticks, restarts *prometheus.CounterVec
-	all             []prometheus.Collector
+	up, lag, backup          *prometheus.GaugeVec
+	ticks, restarts, dropped *prometheus.CounterVec
+	degraded                 *prometheus.Desc
+	all                      []prometheus.Collector
 }
 
-func newSupervisorMetrics(reg prometheus.Registerer) (supervisorMetrics, error) {
+func newSupervisorMetrics() supervisorMetrics {
 	m := supervisorMetrics{
 		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tickstream_feed_up",
@@ -147,15 +179,46 @@ func newSupervisorMetrics(reg prometheus.Registerer) (supervisorMetrics, error) 
 			Help: "Times the feed failed or panicked and was scheduled for restart.",
 		}, []string{"feed"}),
 	}
-	m.all = []prometheus.Collector{m.up, m.lag, m.backup, m.ticks, m.restarts}
+	m.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tickstream_feed_dropped_total",
+		Help: "Messages the feed received that never became an accepted tick, by reason (unmapped, bad_topic, bad_field, non_finite, too_many_fields, bad_json, over_limit, refused).",
+	}, []string{"feed", "reason"})
+	m.degraded = prometheus.NewDesc("tickstream_feed_degraded",
+		"1 while the feed is degraded: running, but every message of the last window was dropped.", []string{"feed"}, nil)
+	m.all = []prometheus.Collector{m.up, m.lag, m.backup, m.ticks, m.restarts, m.dropped}
+	return m
+}
+
+// register registers the metrics, and the degraded gauge that s computes
+// when scraped.
+func (m supervisorMetrics) register(reg prometheus.Registerer, s *Supervisor) error {
 	if reg != nil {
-		for _, c := range m.all {
+		for _, c := range append(m.all, degradedCollector{s}) {
 			if err := reg.Register(c); err != nil {
-				return m, fmt.Errorf("feeds: register supervisor metrics: %w", err)
+				return fmt.Errorf("feeds: register supervisor metrics: %w", err)
 			}
 		}
 	}
-	return m, nil
+	return nil
+}
+
+// degradedCollector reports tickstream_feed_degraded, which depends on
+// the clock, at scrape time.
+type degradedCollector struct{ s *Supervisor }
+
+func (c degradedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.s.metrics.degraded }
+
+func (c degradedCollector) Collect(ch chan<- prometheus.Metric) {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	now := c.s.cfg.Now()
+	for _, f := range c.s.feeds {
+		v := 0.0
+		if c.s.stateLocked(f, now) == StateDegraded {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.s.metrics.degraded, prometheus.GaugeValue, v, f.name)
+	}
 }
 
 // ErrNoSink is returned by NewSupervisor when SupervisorConfig.Sink is nil.
@@ -190,17 +253,25 @@ func NewSupervisor(cfg SupervisorConfig) (*Supervisor, error) {
 	if cfg.FailAfter == 0 {
 		cfg.FailAfter = 5
 	}
+	if cfg.DegradedWindow == 0 {
+		cfg.DegradedWindow = 10 * time.Second
+	}
+	if cfg.DegradedMin == 0 {
+		cfg.DegradedMin = 10
+	}
 	switch {
 	case cfg.MinBackoff < 0 || cfg.MaxBackoff < cfg.MinBackoff:
 		return nil, fmt.Errorf("feeds: backoff %v..%v: want 0 < MinBackoff <= MaxBackoff", cfg.MinBackoff, cfg.MaxBackoff)
 	case cfg.HealthyAfter < 0 || cfg.FailAfter < 0:
 		return nil, errors.New("feeds: HealthyAfter and FailAfter must not be negative")
+	case cfg.DegradedWindow < 0 || cfg.DegradedMin < 0:
+		return nil, errors.New("feeds: DegradedWindow and DegradedMin must not be negative")
 	}
-	m, err := newSupervisorMetrics(cfg.Registerer)
-	if err != nil {
+	m := newSupervisorMetrics()
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, metrics: m, feeds: make(map[string]*feedRun), sources: make(map[string]*feedRun)}
+	if err := m.register(cfg.Registerer, s); err != nil {
 		return nil, err
 	}
-	s := &Supervisor{cfg: cfg, log: cfg.Logger, metrics: m, feeds: make(map[string]*feedRun)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
 	index := make(map[string]int)
@@ -264,6 +335,7 @@ func (s *Supervisor) newFeedRun(name, typ string) *feedRun {
 		lagG:      s.metrics.lag.WithLabelValues(name),
 		backupG:   s.metrics.backup.WithLabelValues(name),
 		covering:  make(map[*feedRun]bool),
+		dropRing:  make([]int64, s.cfg.DegradedMin),
 	}
 	f.sink = &countingSink{s: s, f: f, next: s.cfg.Sink(name)}
 	return f
@@ -364,7 +436,8 @@ func (s *Supervisor) loop(ctx context.Context, f *feedRun, prev <-chan struct{},
 			s.exit(f)
 			return
 		}
-		if err == nil {
+		if err == nil || errors.Is(err, ErrClosed) {
+			// Finished, or the bus is closed: either way the feed ends.
 			s.finished(f)
 			return
 		}
@@ -523,12 +596,20 @@ func (s *Supervisor) Statuses() []Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]Status, 0, len(s.feeds))
+	now := s.cfg.Now()
 	for _, f := range s.feeds {
 		st := Status{
-			Name: f.name, Type: f.typ, State: f.state, LastError: f.lastErr,
+			Name: f.name, Type: f.typ, State: s.stateLocked(f, now), LastError: f.lastErr,
 			Restarts: f.restarts, Failures: f.failures, Ticks: f.ticks.Load(),
 			LagMS: f.lagMS.Load(), ActiveBackup: f.active, External: f.external,
+			Dropped: f.dropped.Load(),
 		}
+		f.dropMu.Lock()
+		st.LastDropReason, st.LastDropError = f.lastDrop.reason, f.lastDrop.detail
+		if f.lastDrop.at != 0 {
+			st.LastDrop = time.Unix(0, f.lastDrop.at)
+		}
+		f.dropMu.Unlock()
 		if n := f.lastTick.Load(); n != 0 {
 			st.LastTick = time.Unix(0, n)
 		}
@@ -547,7 +628,8 @@ func (s *Supervisor) Statuses() []Status {
 }
 
 // Ready reports whether ticks flow from every configured feed: each is
-// running or has finished, or is down with its backup running. Standby
+// running (not degraded) or has finished, or is down with its backup
+// running. Standby
 // backups and external feeds do not count. It is false before Start.
 func (s *Supervisor) Ready() bool {
 	s.mu.Lock()
@@ -555,13 +637,14 @@ func (s *Supervisor) Ready() bool {
 	if !s.started || s.closed {
 		return false
 	}
+	now := s.cfg.Now()
 	for _, f := range s.order {
 		if len(f.primaries) > 0 {
 			continue
 		}
-		switch {
-		case f.state == StateRunning || f.state == StateStopped:
-		case f.active && f.backup.state == StateRunning:
+		switch st := s.stateLocked(f, now); {
+		case st == StateRunning || st == StateStopped:
+		case f.active && s.stateLocked(f.backup, now) == StateRunning:
 		default:
 			return false
 		}
@@ -603,10 +686,14 @@ type countingSink struct {
 
 func (c *countingSink) Publish(t Tick) error {
 	if err := c.next.Publish(t); err != nil {
+		if Refused(err) {
+			c.ReportDrop(ReasonOf(err), err.Error())
+		}
 		return err
 	}
 	f := c.f
 	now := c.s.cfg.Now()
+	c.s.noteSource(t.Topic, f)
 	f.ticks.Add(1)
 	f.ticksC.Inc()
 	f.lastTick.Store(now.UnixNano())
@@ -620,4 +707,90 @@ func (c *countingSink) Publish(t Tick) error {
 		c.s.markUp(f)
 	}
 	return nil
+}
+
+// maxDropDetail bounds Status.LastDropError.
+const maxDropDetail = 200
+
+// ReportDrop counts one message of the feed that did not become a tick.
+// It implements DropReporter.
+func (c *countingSink) ReportDrop(reason DropReason, detail string) {
+	f := c.f
+	if !slices.Contains(DropReasons, reason) {
+		reason = DropRefused // keep the label bounded
+	}
+	if len(detail) > maxDropDetail {
+		detail = detail[:maxDropDetail] + "…"
+	}
+	now := c.s.cfg.Now().UnixNano()
+	f.dropped.Add(1)
+	c.s.metrics.dropped.WithLabelValues(f.name, string(reason)).Inc()
+	f.dropMu.Lock()
+	f.lastDrop.reason, f.lastDrop.detail, f.lastDrop.at = reason, detail, now
+	if len(f.dropRing) > 0 {
+		f.dropRing[f.dropNext] = now
+		f.dropNext = (f.dropNext + 1) % len(f.dropRing)
+	}
+	f.dropMu.Unlock()
+}
+
+// degraded reports whether, within the window before now, f dropped at
+// least DegradedMin messages and had no tick accepted.
+func (s *Supervisor) degraded(f *feedRun, now time.Time) bool {
+	since := now.Add(-s.cfg.DegradedWindow).UnixNano()
+	if f.lastTick.Load() > since {
+		return false
+	}
+	f.dropMu.Lock()
+	defer f.dropMu.Unlock()
+	if len(f.dropRing) == 0 {
+		return false
+	}
+	// dropRing[dropNext] is the oldest of the last DegradedMin drops (0
+	// while fewer have happened).
+	oldest := f.dropRing[f.dropNext]
+	return oldest != 0 && oldest > since
+}
+
+// stateLocked is f's state as shown: a running feed that drops everything
+// is degraded.
+func (s *Supervisor) stateLocked(f *feedRun, now time.Time) State {
+	if f.state == StateRunning && s.degraded(f, now) {
+		return StateDegraded
+	}
+	return f.state
+}
+
+// noteSource records that f published topic.
+func (s *Supervisor) noteSource(topic string, f *feedRun) {
+	s.srcMu.RLock()
+	cur := s.sources[topic]
+	s.srcMu.RUnlock()
+	if cur != f {
+		s.srcMu.Lock()
+		s.sources[topic] = f
+		s.srcMu.Unlock()
+	}
+}
+
+// SourceOf tells where topic's latest tick came from: the feed that last
+// published it ("" if none has), and, if that feed is a backup standing
+// in for failed primaries right now, their names. A dashboard uses it to
+// warn that a topic's prices are a stand-in (for example the simulator
+// for a failed exchange feed): Tick itself carries no source.
+func (s *Supervisor) SourceOf(topic string) (feed string, standsInFor []string) {
+	s.srcMu.RLock()
+	f := s.sources[topic]
+	s.srcMu.RUnlock()
+	if f == nil {
+		return "", nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range f.primaries {
+		if f.covering[p] {
+			standsInFor = append(standsInFor, p.name)
+		}
+	}
+	return f.name, standsInFor
 }

@@ -26,9 +26,27 @@ type Sink struct {
 	mu    sync.Mutex
 	ticks []feeds.Tick
 	err   error // returned by Publish instead of recording, if set
+	drops []feeds.DropReason
 }
 
-var _ feeds.Sink = (*Sink)(nil)
+var (
+	_ feeds.Sink         = (*Sink)(nil)
+	_ feeds.DropReporter = (*Sink)(nil)
+)
+
+// ReportDrop records a drop the feed reported (feeds.Drop).
+func (s *Sink) ReportDrop(reason feeds.DropReason, _ string) {
+	s.mu.Lock()
+	s.drops = append(s.drops, reason)
+	s.mu.Unlock()
+}
+
+// Drops returns the reasons of the drops reported so far, in order.
+func (s *Sink) Drops() []feeds.DropReason {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]feeds.DropReason(nil), s.drops...)
+}
 
 // Publish validates and records a copy of t.
 func (s *Sink) Publish(t feeds.Tick) error {

@@ -128,8 +128,9 @@ func (s *Source) Name() string { return s.name }
 const maxLoggedErrors = 5
 
 // Run connects, subscribes and publishes every valid tick until ctx ends
-// (nil) or the connection is lost (an error naming the feed and its url).
-// Invalid messages are skipped and logged.
+// (nil), the bus is closed (nil) or the connection is lost (an error
+// naming the feed and its url). Invalid messages and refused ticks are
+// skipped, logged and counted as dropped.
 func (s *Source) Run(ctx context.Context, out feeds.Sink) (err error) {
 	defer func() {
 		if err != nil {
@@ -211,16 +212,21 @@ func (s *Source) Run(ctx context.Context, out feeds.Sink) (err error) {
 			return err
 		case m := <-msgs:
 			t, err := s.decode(m.Subject, m.Data)
-			if err == nil {
-				err = out.Publish(t)
-				if te := (*feeds.TickError)(nil); err != nil && !errors.As(err, &te) {
-					return err
-				}
-			}
 			if err != nil {
+				// Not a tick: skipped and counted as dropped.
+				feeds.Drop(out, feeds.DropUnmapped, err)
 				if bad++; bad <= maxLoggedErrors {
 					s.log.Warn("nats: skipping message", "subject", m.Subject, "err", err)
 				}
+				continue
+			}
+			// A refused tick is skipped (the supervisor's sink counts
+			// it); a closed bus ends the feed.
+			if err := feeds.Deliver(out, t); err != nil {
+				if errors.Is(err, feeds.ErrClosed) {
+					return nil
+				}
+				return err
 			}
 		}
 	}

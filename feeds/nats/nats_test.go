@@ -246,3 +246,48 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestBadMessagesDroppedBusClosedStops: a message that is not a tick is
+// reported as dropped, and a closed bus ends Run with nil.
+func TestBadMessagesDroppedBusClosedStops(t *testing.T) {
+	t.Parallel()
+	ns := runServer(t)
+	s, err := NewSource("n", Options{URL: ns.ClientURL(), Subjects: []string{"ticks.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &feedtest.Sink{}
+	before := ns.NumSubscriptions()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(context.Background(), sink) }()
+	feedtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+		if ns.NumSubscriptions() < before+1 {
+			return fmt.Errorf("not subscribed yet")
+		}
+		return nil
+	})
+	pub := publisher(t, ns)
+	pub.Publish("ticks.x", []byte("not json"))
+	pub.Publish("ticks.x", []byte(`{"topic":"X","ts":1,"price":1}`))
+	pub.Flush()
+	feedtest.CheckFor(t, 5*time.Second, time.Millisecond, func() error {
+		if sink.Len() < 1 {
+			return fmt.Errorf("no tick yet")
+		}
+		return nil
+	})
+	if d := sink.Drops(); len(d) != 1 || d[0] != feeds.DropUnmapped {
+		t.Errorf("drops %v, want [unmapped]", d)
+	}
+	sink.FailWith(fmt.Errorf("stream: %w", feeds.ErrClosed))
+	pub.Publish("ticks.x", []byte(`{"topic":"X","ts":2,"price":2}`))
+	pub.Flush()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil on a closed bus", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not stop on a closed bus")
+	}
+}

@@ -71,10 +71,20 @@ type Options struct {
 	// Loops bounds the number of passes when Loop is set. Zero value
 	// means no bound.
 	Loops int `yaml:"loops"`
-	// Rebase shifts every timestamp so that the first tick is stamped
-	// with the time Run started. Zero value means source timestamps are
+	// Rebase shifts every timestamp by a whole number of hours
+	// (RebaseUnit) so that the file plays as if it were recorded within
+	// the last hour or two, keeping every candle's shape. Replay feeds of
+	// one config whose data start within an hour of each other (trades
+	// and quotes of one session) get exactly the same offset; see
+	// rebaseGroup and README.md. Zero value means source timestamps are
 	// kept (shifted by looping only).
 	Rebase bool `yaml:"rebase"`
+	// AbsentValues maps tick fields to a value that means "not given"
+	// in the file, e.g. {bid: 0, ask: 0} for quote files where each row
+	// carries one side and writes 0 for the other. A field with that
+	// value is left out of the tick (a row left with no field at all is
+	// skipped). Zero value means every value is a real one.
+	AbsentValues map[string]float64 `yaml:"absent_values"`
 }
 
 // Speed is a replay speed factor; 0 means as fast as possible.
@@ -107,6 +117,9 @@ type Source struct {
 	dec  *decoder // nil for NDJSON in the tick format
 	log  *slog.Logger
 	now  func() time.Time
+
+	firstTS int64        // the file's first timestamp, with Rebase
+	rebase  *rebaseGroup // with Rebase
 }
 
 var _ feeds.Source = (*Source)(nil)
@@ -150,6 +163,14 @@ func NewSource(name string, o Options) (*Source, error) {
 	for from, to := range o.Rename {
 		if !feeds.ValidTopic(to) {
 			return nil, bad("rename", "%s: %q is not a valid topic", from, to)
+		}
+	}
+	for field, v := range o.AbsentValues {
+		if !feeds.ValidFieldName(field) {
+			return nil, bad("absent_values", "%q is not a valid field name", field)
+		}
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return nil, bad("absent_values", "%s: %v is not a finite number", field, v)
 		}
 	}
 	for field, col := range o.Fields {
@@ -197,6 +218,12 @@ func NewSource(name string, o Options) (*Source, error) {
 			return nil, fmt.Errorf("feed %q: %w", name, err)
 		}
 	}
+	if o.Rebase {
+		if s.firstTS, err = s.probeFirstTS(); err != nil {
+			return nil, bad("file", "%v", err)
+		}
+		s.rebase = joinRebaseGroup(s)
+	}
 	return s, nil
 }
 
@@ -237,23 +264,23 @@ func (m multiCloser) Close() error {
 const maxLoggedRows = 5
 
 // Run replays the file, pacing ticks by their timestamps divided by the
-// speed, until the end of the file (nil), the end of the last loop (nil)
-// or ctx ends (nil). Rows that cannot be decoded are skipped and logged.
+// speed, until the end of the file (nil), the end of the last loop (nil),
+// ctx ends (nil) or the bus is closed (nil). Rows that cannot be decoded
+// and ticks the bus refuses are skipped (and counted as dropped by the
+// supervisor's sink); they never stop or restart the replay.
 func (s *Source) Run(ctx context.Context, out feeds.Sink) error {
 	var (
 		shift     int64 // ms added to every timestamp of this pass
 		startWall = s.now()
 		startTS   int64 // first paced timestamp, shifted
 		paced     bool
-		rebased   bool
 	)
+	if s.rebase != nil {
+		shift = s.rebase.offset(s, startWall)
+	}
 	for pass := 1; ; pass++ {
 		st := passStats{}
-		err := s.pass(ctx, func(t *feeds.Tick) error {
-			if s.opts.Rebase && !rebased && t.TS != 0 {
-				shift += startWall.UnixMilli() - t.TS
-				rebased = true
-			}
+		err := s.pass(ctx, out, func(t *feeds.Tick) error {
 			st.observe(t.TS)
 			if t.TS != 0 {
 				t.TS += shift
@@ -273,13 +300,13 @@ func (s *Source) Run(ctx context.Context, out feeds.Sink) error {
 					}
 				}
 			}
-			return out.Publish(*t)
+			return feeds.Deliver(out, *t)
 		})
 		if ctx.Err() != nil {
 			return nil
 		}
 		if err != nil {
-			return err
+			return feeds.Stopped(err)
 		}
 		if st.n == 0 {
 			// Also stops a loop over a file with nothing to replay.
@@ -332,8 +359,9 @@ func (p *passStats) span() int64 {
 	return d + gap
 }
 
-// pass reads the file once, calling emit for every decoded tick.
-func (s *Source) pass(ctx context.Context, emit func(*feeds.Tick) error) error {
+// pass reads the file once, calling emit for every decoded tick. Rows
+// that cannot be decoded are reported to out (if not nil) as dropped.
+func (s *Source) pass(ctx context.Context, out feeds.Sink, emit func(*feeds.Tick) error) error {
 	f, r, err := openFile(s.opts.File)
 	if err != nil {
 		return fmt.Errorf("replay: %w", err)
@@ -341,6 +369,10 @@ func (s *Source) pass(ctx context.Context, emit func(*feeds.Tick) error) error {
 	defer f.Close()
 	bad := 0
 	skip := func(line int, err error) {
+		if out == nil {
+			return // probing
+		}
+		feeds.Drop(out, feeds.DropUnmapped, fmt.Errorf("line %d: %w", line, err))
 		bad++
 		if bad <= maxLoggedRows {
 			s.log.Warn("replay: skipping row", "file", s.opts.File, "line", line, "err", err)
@@ -422,6 +454,15 @@ func (s *Source) decodeLine(t *feeds.Tick, line []byte) error {
 		if s.opts.Topic != "" {
 			parsed.Topic = s.opts.Topic
 		}
+		if len(s.opts.AbsentValues) > 0 {
+			parsed.Fields = slices.DeleteFunc(parsed.Fields, func(f feeds.Field) bool {
+				v, ok := s.opts.AbsentValues[f.Name]
+				return ok && f.Value == v
+			})
+			if len(parsed.Fields) == 0 {
+				return errors.New("no field values")
+			}
+		}
 		*t = parsed
 		return nil
 	}
@@ -457,6 +498,7 @@ type decoder struct {
 	unit     unit
 	fields   []fieldCol // in tick field order
 	rename   map[string]string
+	absent   map[string]float64
 }
 
 type fieldCol struct {
@@ -484,7 +526,7 @@ func newDecoder(o Options, columns []string, isCSV bool) (*decoder, error) {
 		}
 		return -1, fmt.Errorf("options.%s: none of %v in %v; name the column", opt, candidates, columns)
 	}
-	d := &decoder{columns: columns, topic: o.Topic, topicCol: -1, rename: o.Rename}
+	d := &decoder{columns: columns, topic: o.Topic, topicCol: -1, rename: o.Rename, absent: o.AbsentValues}
 	d.unit, _ = parseUnit(o.TSUnit)
 	var err error
 	if o.Topic == "" {
@@ -567,6 +609,9 @@ func (d *decoder) decodeRecord(t *feeds.Tick, rec []string) error {
 		if err != nil {
 			return fmt.Errorf("%s: %q is not a number", d.columns[f.col], rec[f.col])
 		}
+		if a, ok := d.absent[f.name]; ok && v == a {
+			continue
+		}
 		t.Fields = append(t.Fields, feeds.Field{Name: f.name, Value: v})
 	}
 	if len(t.Fields) == 0 {
@@ -613,14 +658,7 @@ func (u unit) parse(s string) (int64, error) {
 	}
 	v, err := strconv.ParseFloat(s, 64)
 	if u == unitRFC3339 || (u == unitAuto && err != nil) {
-		tm, err := time.Parse(time.RFC3339Nano, s)
-		if err != nil {
-			return 0, fmt.Errorf("%q is not a number or RFC 3339 time", s)
-		}
-		if tm.UnixMilli() < 0 {
-			return 0, fmt.Errorf("%q is before 1970", s)
-		}
-		return tm.UnixMilli(), nil
+		return feeds.ParseRFC3339Milli(s)
 	}
 	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
 		return 0, fmt.Errorf("%q is not a timestamp", s)
@@ -639,34 +677,16 @@ func (u unit) parse(s string) (int64, error) {
 			u = unitNS
 		}
 	}
-	var ms float64
+	// Exact decimal arithmetic, truncated to the millisecond: a source
+	// time is never rounded up into the next millisecond (or bar).
+	tu := feeds.Nanoseconds
 	switch u {
 	case unitS:
-		ms = v * 1e3
+		tu = feeds.Seconds
 	case unitMS:
-		ms = v
+		tu = feeds.Milliseconds
 	case unitUS:
-		ms = v / 1e3
-	case unitNS:
-		ms = v / 1e6
+		tu = feeds.Microseconds
 	}
-	if ms > 1<<53 {
-		return 0, fmt.Errorf("%q is out of range", s)
-	}
-	// Integers in ms pass exactly; float seconds round to the nearest ms.
-	if u == unitMS {
-		if i, err := strconv.ParseInt(s, 10, 64); err == nil {
-			return i, nil
-		}
-	}
-	if u == unitNS || u == unitUS {
-		if i, err := strconv.ParseInt(s, 10, 64); err == nil {
-			div := int64(1e6)
-			if u == unitUS {
-				div = 1e3
-			}
-			return i / div, nil
-		}
-	}
-	return int64(math.Round(ms)), nil
+	return feeds.ParseUnixMilli(s, tu)
 }

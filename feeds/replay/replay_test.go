@@ -207,10 +207,10 @@ func TestReplayPacesBySpeed(t *testing.T) {
 		t.Error(diff)
 	}
 
-	// Rebase: the first tick is stamped with the start time.
+	// Rebase: shifted by whole hours to within two hours before the start.
 	start = time.Now()
 	got = run(t, Options{File: path, Rebase: true})
-	if d := got[0].TS - start.UnixMilli(); d < 0 || d > 1000 || got[2].TS-got[0].TS != 300 {
+	if d := start.UnixMilli() - got[0].TS; d < -1000 || d > 2*3600_000 || (got[0].TS-1000)%3600_000 != 0 || got[2].TS-got[0].TS != 300 {
 		t.Errorf("rebased ts %d, %d; start %d", got[0].TS, got[2].TS, start.UnixMilli())
 	}
 }
@@ -326,7 +326,14 @@ func TestTimestampUnits(t *testing.T) {
 		{"", "1723161253937085768", 1723161253937},
 		{"", "2013-10-07T13:30:00.019Z", 1381152600019},
 		{"", "2021-04-17T16:43:30.244075Z", 1618677810244},
-		{"s", "1618677817.061845", 1618677817062},
+		{"s", "1618677817.061845", 1618677817061}, // truncated, not rounded
+		{"s", "1534614057.9996", 1534614057999},   // stays in :57
+		{"", "1534614057.9996", 1534614057999},
+		{"s", "1534614057.321597", 1534614057321},
+		{"s", "1.5346140579996e9", 1534614057999},
+		{"us", "1534614057999999.9", 1534614057999},
+		{"ms", "1534614057999.9", 1534614057999},
+		{"", "2013-10-07T13:44:59.9996Z", 1381153499999},
 		{"ms", "1000", 1000},
 		{"us", "1000000", 1000},
 		{"ns", "1000000000", 1000},

@@ -79,7 +79,7 @@ type walk struct {
 }
 
 // Run publishes ticks for every symbol at the configured rate until ctx
-// ends. Ticks of all symbols come from one timer, in rounds, so that the
+// ends or the bus is closed (nil). Ticks of all symbols come from one timer, in rounds, so that the
 // feed costs one goroutine whatever the number of symbols.
 func (s *Source) Run(ctx context.Context, out feeds.Sink) error {
 	seed := s.opts.Seed
@@ -124,8 +124,10 @@ func (s *Source) Run(ctx context.Context, out feeds.Sink) error {
 				tick.Set(feeds.FieldBidSize, math.Round(rng.ExpFloat64()*500)/100)
 				tick.Set(feeds.FieldAskSize, math.Round(rng.ExpFloat64()*500)/100)
 				tick.Set(feeds.FieldVolume, math.Round(w.volume*100)/100)
-				if err := out.Publish(tick); err != nil {
-					return fmt.Errorf("sim: publish %s: %w", w.symbol, err)
+				// A refused tick is skipped (and counted by the
+				// supervisor's sink); a closed bus ends the feed.
+				if err := feeds.Deliver(out, tick); err != nil {
+					return feeds.Stopped(fmt.Errorf("sim: publish %s: %w", w.symbol, err))
 				}
 			}
 		}

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -85,5 +86,61 @@ func TestOptionsAreValidated(t *testing.T) {
 				t.Fatal("want an error")
 			}
 		})
+	}
+}
+
+// refusing refuses every tick of one topic, as the bus refuses a tick over
+// one of its limits, and reports closed once closed is set.
+type refusing struct {
+	collect
+	topic  string
+	closed bool
+}
+
+func (r *refusing) Publish(t feeds.Tick) error {
+	r.mu.Lock()
+	closed := r.closed
+	r.mu.Unlock()
+	if closed {
+		return fmt.Errorf("stream: %w", feeds.ErrClosed)
+	}
+	if t.Topic == r.topic {
+		return &feeds.TickError{Err: feeds.ErrOverLimit, Detail: "too many topics"}
+	}
+	return r.collect.Publish(t)
+}
+
+// TestRunSkipsRefusedTicksAndStopsWhenClosed: a refused tick does not stop
+// the simulator; a closed bus does, with nil.
+func TestRunSkipsRefusedTicksAndStopsWhenClosed(t *testing.T) {
+	src, err := NewSource("sim", Options{Symbols: []string{"A", "B"}, Rate: 500, Seed: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &refusing{topic: "A"}
+	done := make(chan error, 1)
+	go func() { done <- src.Run(context.Background(), sink) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for sink.len() < 20 {
+		select {
+		case err := <-done:
+			t.Fatalf("Run returned %v after a refused tick", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no ticks")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	sink.mu.Lock()
+	sink.closed = true
+	sink.mu.Unlock()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil on a closed bus", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not stop on a closed bus")
 	}
 }

@@ -184,65 +184,144 @@ func (binance) mapMessage(msg []byte, now time.Time, ticks []feeds.Tick) ([]feed
 	return append(ticks, t), nil
 }
 
-// GenericOptions map any JSON message to a tick with JSON paths: "$" is
+// GenericOptions map any JSON message to ticks with JSON paths: "$" is
 // the message, ".key" selects an object member and "[n]" an array element,
-// e.g. "$.data.p" or "$.c[0]".
+// e.g. "$.data.p" or "$.c[0]". With Each, "@" is the current element of
+// the array Each selects, e.g. "@[0]".
 type GenericOptions struct {
 	// Topic is a JSON path to the topic, or, if it does not start with
-	// "$", a fixed topic. Required.
+	// "$" or "@", a fixed topic. Required.
 	Topic string `yaml:"topic"`
+	// TopicStripPrefix are prefixes removed from the topic read by Topic
+	// (the first that matches), e.g. [live_trades_] for Bitstamp channel
+	// names. Zero value means none.
+	TopicStripPrefix []string `yaml:"topic_strip_prefix"`
+	// TopicTemplate builds the topic from the (stripped) value: "{}" is
+	// replaced by it, e.g. "kraken.{}". Zero value means "{}". Options.rename
+	// is applied afterwards, to map pair names (XBT/USD) to topics.
+	TopicTemplate string `yaml:"topic_template"`
+	// Each is a JSON path to an array in the message: every element
+	// becomes one tick, and paths starting with "@" are relative to the
+	// element ("$" paths still read the whole message, e.g. the pair).
+	// Zero value means one tick per message.
+	Each string `yaml:"each"`
 	// TS is a JSON path to the source time. Zero value means the receive
 	// time.
 	TS string `yaml:"ts"`
-	// TSUnit is the unit of TS: s, ms, us, ns or rfc3339. Zero value
-	// means ms.
+	// TSUnit is the unit of TS: s, ms, us, ns or rfc3339; numbers and
+	// decimal strings may have a fraction ("1534614057.321597"), which is
+	// truncated to the millisecond, never rounded up. Zero value means ms.
 	TSUnit string `yaml:"ts_unit"`
 	// Fields maps tick field names to JSON paths. Required.
 	Fields map[string]string `yaml:"fields"`
-	// Match keeps only messages where each path has the given value
-	// (compared as text), e.g. {"$.e": trade}. Zero value means every
-	// message with a topic and at least one field.
+	// Values maps text values of a field to numbers, e.g.
+	// {side: {b: 1, s: -1}}. A value of such a field that is not listed
+	// is an error (see Optional). Zero value means every field holds a
+	// number or a decimal string.
+	Values map[string]map[string]float64 `yaml:"values"`
+	// Optional lists fields that are left out of the tick when their
+	// value cannot be mapped, instead of dropping the whole tick. Zero
+	// value means a bad value drops the tick (the element, with Each).
+	Optional []string `yaml:"optional"`
+	// Match keeps only messages (or, for "@" paths, elements) where each
+	// path has the given value (compared as text), e.g. {"$.e": trade}.
+	// Zero value means every message with a topic and at least one field.
 	Match map[string]string `yaml:"match"`
 }
 
 type generic struct {
-	topic      path
-	fixedTopic string
-	ts         path
-	unit       string
-	fields     []namedPath // in tick field order
-	match      []matchRule
+	topic             *jpath
+	fixedTopic        string
+	strip             []string
+	tmplPre, tmplPost string
+	each              *jpath
+	ts                *jpath
+	unit              string
+	fields            []genericField // in tick field order
+	match             []matchRule
 }
 
-type namedPath struct {
-	name string
-	p    path
+type genericField struct {
+	name     string
+	p        jpath
+	values   map[string]float64
+	optional bool
 }
 
 type matchRule struct {
-	p    path
+	p    jpath
 	want string
 }
 
+// jpath is a JSON path from the message ($) or from the current element
+// of Each (@).
+type jpath struct {
+	steps path
+	rel   bool
+}
+
+func (p jpath) eval(msg, elem any) (any, bool) {
+	if p.rel {
+		return p.steps.eval(elem)
+	}
+	return p.steps.eval(msg)
+}
+
 func newGeneric(o GenericOptions) (*generic, error) {
-	g := &generic{unit: cmpOr(o.TSUnit, "ms")}
-	var err error
+	g := &generic{unit: cmpOr(o.TSUnit, "ms"), strip: o.TopicStripPrefix}
+	parse := func(opt, s string) (jpath, error) {
+		if strings.HasPrefix(s, "@") {
+			if o.Each == "" {
+				return jpath{}, fmt.Errorf("generic.%s: %q: @ paths need generic.each", opt, s)
+			}
+			p, err := parsePath("$" + s[1:])
+			if err != nil {
+				return jpath{}, fmt.Errorf("generic.%s: %s", opt, strings.Replace(err.Error(), "$", "@", 1))
+			}
+			return jpath{p, true}, nil
+		}
+		p, err := parsePath(s)
+		if err != nil {
+			return jpath{}, fmt.Errorf("generic.%s: %w", opt, err)
+		}
+		return jpath{p, false}, nil
+	}
 	switch {
 	case o.Topic == "":
 		return nil, errors.New("generic.topic: missing; give a JSON path like $.s or a fixed topic")
-	case strings.HasPrefix(o.Topic, "$"):
-		if g.topic, err = parsePath(o.Topic); err != nil {
-			return nil, fmt.Errorf("generic.topic: %w", err)
+	case strings.HasPrefix(o.Topic, "$") || strings.HasPrefix(o.Topic, "@"):
+		p, err := parse("topic", o.Topic)
+		if err != nil {
+			return nil, err
 		}
+		g.topic = &p
 	case !feeds.ValidTopic(o.Topic):
 		return nil, fmt.Errorf("generic.topic: %q is neither a JSON path nor a valid topic", o.Topic)
 	default:
 		g.fixedTopic = o.Topic
 	}
-	if o.TS != "" {
-		if g.ts, err = parsePath(o.TS); err != nil {
-			return nil, fmt.Errorf("generic.ts: %w", err)
+	tmpl := cmpOr(o.TopicTemplate, "{}")
+	pre, post, ok := strings.Cut(tmpl, "{}")
+	if !ok || strings.Contains(post, "{}") {
+		return nil, fmt.Errorf("generic.topic_template: %q: want exactly one {}", tmpl)
+	}
+	g.tmplPre, g.tmplPost = pre, post
+	if o.Each != "" {
+		if strings.HasPrefix(o.Each, "@") {
+			return nil, fmt.Errorf("generic.each: %q: want a path from the message ($)", o.Each)
 		}
+		p, err := parse("each", o.Each)
+		if err != nil {
+			return nil, err
+		}
+		g.each = &p
+	}
+	if o.TS != "" {
+		p, err := parse("ts", o.TS)
+		if err != nil {
+			return nil, err
+		}
+		g.ts = &p
 	}
 	switch g.unit {
 	case "s", "ms", "us", "ns", "rfc3339":
@@ -256,17 +335,33 @@ func newGeneric(o GenericOptions) (*generic, error) {
 		if !feeds.ValidFieldName(name) {
 			return nil, fmt.Errorf("generic.fields: %q is not a valid field name", name)
 		}
-		p, err := parsePath(ps)
+		p, err := parse("fields."+name, ps)
 		if err != nil {
-			return nil, fmt.Errorf("generic.fields.%s: %w", name, err)
+			return nil, err
 		}
-		g.fields = append(g.fields, namedPath{name, p})
+		f := genericField{name: name, p: p, values: o.Values[name], optional: slices.Contains(o.Optional, name)}
+		for text, v := range f.values {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return nil, fmt.Errorf("generic.values.%s: %q: %v is not a finite number", name, text, v)
+			}
+		}
+		g.fields = append(g.fields, f)
 	}
-	slices.SortFunc(g.fields, func(a, b namedPath) int { return compareFields(a.name, b.name) })
+	for name := range o.Values {
+		if _, ok := o.Fields[name]; !ok {
+			return nil, fmt.Errorf("generic.values: %q is not in generic.fields", name)
+		}
+	}
+	for _, name := range o.Optional {
+		if _, ok := o.Fields[name]; !ok {
+			return nil, fmt.Errorf("generic.optional: %q is not in generic.fields", name)
+		}
+	}
+	slices.SortFunc(g.fields, func(a, b genericField) int { return compareFields(a.name, b.name) })
 	for ps, want := range o.Match {
-		p, err := parsePath(ps)
+		p, err := parse("match", ps)
 		if err != nil {
-			return nil, fmt.Errorf("generic.match: %w", err)
+			return nil, err
 		}
 		g.match = append(g.match, matchRule{p, want})
 	}
@@ -295,6 +390,19 @@ func compareFields(a, b string) int {
 	return strings.Compare(a, b)
 }
 
+// ElementErrors says that some elements of a message (with Each) could not
+// be mapped: they were left out, the others became ticks.
+type ElementErrors struct {
+	N     int   // elements left out
+	First error // why the first one was
+}
+
+func (e *ElementErrors) Error() string {
+	return fmt.Sprintf("%d element(s) left out: %v", e.N, e.First)
+}
+
+func (e *ElementErrors) Unwrap() error { return e.First }
+
 func (g *generic) mapMessage(msg []byte, now time.Time, ticks []feeds.Tick) ([]feeds.Tick, error) {
 	dec := json.NewDecoder(bytes.NewReader(msg))
 	dec.UseNumber()
@@ -303,46 +411,120 @@ func (g *generic) mapMessage(msg []byte, now time.Time, ticks []feeds.Tick) ([]f
 		return ticks, errNotJSON
 	}
 	for _, r := range g.match {
-		got, ok := r.p.eval(v)
+		if r.p.rel {
+			continue // per element
+		}
+		got, ok := r.p.eval(v, nil)
 		if !ok || text(got) != r.want {
 			return ticks, nil
 		}
 	}
-	t := feeds.Tick{Topic: g.fixedTopic}
-	if g.topic != nil {
-		got, ok := g.topic.eval(v)
-		if !ok {
-			return ticks, nil
+	if g.each == nil {
+		t, ok, err := g.mapOne(v, nil, now)
+		if err != nil || !ok {
+			return ticks, err
 		}
-		t.Topic = text(got)
+		return append(ticks, t), nil
+	}
+	got, ok := g.each.eval(v, nil)
+	elems, isArray := got.([]any)
+	if !ok || !isArray {
+		return ticks, nil // a message of another kind
+	}
+	var bad *ElementErrors
+	for _, e := range elems {
+		t, ok, err := g.mapOne(v, e, now)
+		if err != nil {
+			if bad == nil {
+				bad = &ElementErrors{First: err}
+			}
+			bad.N++
+			continue
+		}
+		if ok {
+			ticks = append(ticks, t)
+		}
+	}
+	if bad != nil {
+		return ticks, bad
+	}
+	return ticks, nil
+}
+
+// mapOne maps the message, or one element of it: ok is false for one that
+// does not match or has no field.
+func (g *generic) mapOne(msg, elem any, now time.Time) (t feeds.Tick, ok bool, err error) {
+	for _, r := range g.match {
+		if !r.p.rel {
+			continue
+		}
+		got, ok := r.p.eval(msg, elem)
+		if !ok || text(got) != r.want {
+			return t, false, nil
+		}
+	}
+	t.Topic = g.fixedTopic
+	if g.topic != nil {
+		got, ok := g.topic.eval(msg, elem)
+		if !ok {
+			return t, false, nil
+		}
+		name := text(got)
+		for _, p := range g.strip {
+			if strings.HasPrefix(name, p) {
+				name = name[len(p):]
+				break
+			}
+		}
+		t.Topic = g.tmplPre + name + g.tmplPost
 	}
 	for _, f := range g.fields {
-		got, ok := f.p.eval(v)
+		got, ok := f.p.eval(msg, elem)
 		if !ok || got == nil {
 			continue
 		}
-		x, err := strconv.ParseFloat(text(got), 64)
-		if err != nil || math.IsNaN(x) || math.IsInf(x, 0) {
-			return ticks, fmt.Errorf("%s: %q is not a finite number", f.name, text(got))
+		x, err := f.value(got)
+		if err != nil {
+			if f.optional {
+				continue
+			}
+			return t, false, err
 		}
 		t.Fields = append(t.Fields, feeds.Field{Name: f.name, Value: x})
 	}
 	if len(t.Fields) == 0 {
-		return ticks, nil
+		return t, false, nil
 	}
 	t.TS = now.UnixMilli()
 	if g.ts != nil {
-		got, ok := g.ts.eval(v)
+		got, ok := g.ts.eval(msg, elem)
 		if !ok {
-			return ticks, errors.New("ts: missing")
+			return t, false, errors.New("ts: missing")
 		}
 		ts, err := parseTS(text(got), g.unit)
 		if err != nil {
-			return ticks, fmt.Errorf("ts: %w", err)
+			return t, false, fmt.Errorf("ts: %w", err)
 		}
 		t.TS = ts
 	}
-	return append(ticks, t), nil
+	return t, true, nil
+}
+
+// value maps one field value: through Values if the field has them, else
+// as a number or decimal string.
+func (f *genericField) value(got any) (float64, error) {
+	s := text(got)
+	if f.values != nil {
+		if x, ok := f.values[s]; ok {
+			return x, nil
+		}
+		return 0, fmt.Errorf("%s: %q is not one of the mapped values", f.name, s)
+	}
+	x, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsNaN(x) || math.IsInf(x, 0) {
+		return 0, fmt.Errorf("%s: %q is not a finite number", f.name, s)
+	}
+	return x, nil
 }
 
 // text renders a decoded JSON scalar as text.
@@ -360,33 +542,13 @@ func text(v any) string {
 	return fmt.Sprint(v)
 }
 
+// parseTS converts a source time to Unix ms, truncating fractions of a
+// millisecond (feeds.ParseUnixMilli).
 func parseTS(s, unit string) (int64, error) {
 	if unit == "rfc3339" {
-		tm, err := time.Parse(time.RFC3339Nano, s)
-		if err != nil {
-			return 0, err
-		}
-		return tm.UnixMilli(), nil
+		return feeds.ParseRFC3339Milli(s)
 	}
-	v, err := strconv.ParseFloat(s, 64)
-	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
-		return 0, fmt.Errorf("%q is not a timestamp", s)
-	}
-	if i, err := strconv.ParseInt(s, 10, 64); err == nil {
-		switch unit {
-		case "ms":
-			return i, nil
-		case "us":
-			return i / 1e3, nil
-		case "ns":
-			return i / 1e6, nil
-		}
-	}
-	ms := map[string]float64{"s": v * 1e3, "ms": v, "us": v / 1e3, "ns": v / 1e6}[unit]
-	if ms > 1<<53 {
-		return 0, fmt.Errorf("%q is out of range", s)
-	}
-	return int64(math.Round(ms)), nil
+	return feeds.ParseUnixMilli(s, feeds.TimeUnit(unit))
 }
 
 // path is a parsed JSON path: each step is a string (object key) or an

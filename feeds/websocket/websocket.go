@@ -143,7 +143,7 @@ func NewSource(name string, o Options) (*Source, error) {
 	default:
 		return nil, bad("format", "%q: want coinbase, binance or generic", o.Format)
 	}
-	if o.Format != "generic" && (o.Generic.Topic != "" || len(o.Generic.Fields) > 0) {
+	if o.Format != "generic" && (o.Generic.Topic != "" || len(o.Generic.Fields) > 0 || o.Generic.Each != "") {
 		return nil, bad("generic", "set, but format is %q", o.Format)
 	}
 	if len(o.Subscribe) > 0 {
@@ -168,9 +168,11 @@ func (s *Source) Name() string { return s.name }
 // an exchange that changes its format should not flood the log.
 const maxLoggedErrors = 5
 
-// Run connects, subscribes and publishes ticks until ctx ends (nil) or
-// the connection fails (an error naming the feed and its url, so that the
-// supervisor reconnects with backoff and resubscribes).
+// Run connects, subscribes and publishes ticks until ctx ends (nil), the
+// bus is closed (nil) or the connection fails (an error naming the feed
+// and its url, so that the supervisor reconnects with backoff and
+// resubscribes). Messages it cannot map and ticks the bus refuses are
+// skipped and counted as dropped.
 func (s *Source) Run(ctx context.Context, out feeds.Sink) (err error) {
 	defer func() {
 		if err != nil {
@@ -226,20 +228,26 @@ func (s *Source) Run(ctx context.Context, out feeds.Sink) (err error) {
 		if ee := (*ExchangeError)(nil); errors.As(err, &ee) {
 			return err
 		} else if err != nil {
+			// Not mapped: the whole message, or (ElementErrors) some of
+			// its elements, whose siblings still become ticks.
+			n := 1
+			if pe := (*ElementErrors)(nil); errors.As(err, &pe) {
+				n = pe.N
+			}
+			for range n {
+				feeds.Drop(out, feeds.DropUnmapped, err)
+			}
 			warn("websocket: skipping message", "err", err, "message", truncate(data, 200))
-			continue
 		}
 		for i := range ticks {
 			t := &ticks[i]
 			if to, ok := s.opts.Rename[t.Topic]; ok {
 				t.Topic = to
 			}
-			if err := out.Publish(*t); err != nil {
-				if te := (*feeds.TickError)(nil); errors.As(err, &te) {
-					warn("websocket: tick refused", "err", err, "topic", t.Topic)
-					continue
-				}
-				return err
+			// A refused tick (say a symbol that is not a valid topic) is
+			// skipped; the supervisor's sink counts it.
+			if err := feeds.Deliver(out, *t); err != nil {
+				return feeds.Stopped(err)
 			}
 		}
 	}
