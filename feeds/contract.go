@@ -6,18 +6,20 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tickstream/tickstream/feeds/tick"
 )
 
 // ErrClosed is the error (wrapped) that a Sink returns once the bus it
 // publishes into is closed. A feed that gets it stops: its Run returns
 // nil (or the error; the supervisor treats both as the end of the feed,
 // not as a failure to restart).
-var ErrClosed = errors.New("feeds: bus closed")
+var ErrClosed = tick.ErrClosed
 
 // ErrOverLimit refuses one tick that is over a limit of the bus (too many
 // topics, a ts too far from now, …). It is wrapped in a *TickError like the
 // validation errors, so that the feed skips the tick and goes on.
-var ErrOverLimit = errors.New("feeds: over a limit")
+var ErrOverLimit = tick.ErrOverLimit
 
 // Deliver publishes t into out and applies the Sink contract for the
 // caller:

@@ -235,7 +235,7 @@ func (b *Bus) topicFor(name string) (*topic, error) {
 		return t, nil
 	}
 	if len(b.topics) >= b.cfg.MaxTopics {
-		return nil, fmt.Errorf("%w: %d topics already, at most %d", ErrTooManyTopic, len(b.topics), b.cfg.MaxTopics)
+		return nil, &tick.Error{Err: ErrTooManyTopic, Detail: fmt.Sprintf("%d topics already, at most %d", len(b.topics), b.cfg.MaxTopics)}
 	}
 	t := newTopic(b, name)
 	b.topics[name] = t

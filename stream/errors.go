@@ -1,12 +1,20 @@
 package stream
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/tickstream/tickstream/feeds/tick"
+)
 
 // Sentinel errors.
 var (
 	ErrUnknownTopic = errors.New("stream: unknown topic")
-	ErrTooManyTopic = errors.New("stream: too many topics")
-	ErrClosed       = errors.New("stream: bus closed")
+	// ErrTooManyTopic refuses a tick for a new topic past MaxTopics; it
+	// comes in a *tick.Error, so feeds skip the tick (tick.ErrOverLimit).
+	ErrTooManyTopic = fmt.Errorf("stream: too many topics: %w", tick.ErrOverLimit)
+	// ErrClosed: the bus is closed; feeds stop (tick.ErrClosed).
+	ErrClosed = fmt.Errorf("stream: bus closed: %w", tick.ErrClosed)
 	// ErrClientGone is Deliver's result when the subscriber was closed
 	// without a reason: the client went away.
 	ErrClientGone = errors.New("stream: client gone")

@@ -87,7 +87,14 @@ var (
 	ErrNonFinite    = errors.New("tick: non-finite number")
 	ErrTooManyField = errors.New("tick: too many fields")
 	ErrBadJSON      = errors.New("tick: bad tick JSON")
+	// ErrOverLimit: the tick is over a limit of the bus (too many topics,
+	// a ts too far from now); it is refused like an invalid one.
+	ErrOverLimit = errors.New("tick: over a limit")
 )
+
+// ErrClosed is wrapped by the error a sink returns once the bus behind it
+// is closed: the feed stops (see feeds.Sink).
+var ErrClosed = errors.New("tick: sink closed")
 
 // Error says why a tick was refused.
 type Error struct {

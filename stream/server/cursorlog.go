@@ -39,10 +39,11 @@ type cursorUndo struct {
 	had   bool // the topic had a position before
 }
 
-// maxCursorUndo bounds a reference-form stream's record of changes: about
-// 56 bytes each, so at most about 230 KiB a stream, enough for every event
-// a socket's buffers can hold.
-const maxCursorUndo = 4096
+// maxCursorUndo bounds a reference-form stream's record of changes (about
+// 56 bytes each, grown as events are written: at most about 900 KiB for a
+// stream of more than ~25 topics). It covers the events a socket's send
+// buffer holds and those written before the server notices a dead client.
+const maxCursorUndo = 16384
 
 // advance records one written event carrying topic at (epoch, seq), or no
 // position when topic or epoch is empty. It returns the event's number,
