@@ -122,6 +122,7 @@ type Server struct {
 	mu        sync.Mutex
 	streams   map[*stream.Subscriber]net.Conn // open /ws and /sse streams: their sockets
 	listeners []net.Listener                  // passed to Serve, closed by Shutdown
+	silent    silentConns                     // accepted connections that have sent nothing
 	sessions  map[string]*stream.Subscriber   // SSE sessions by id
 	cursors   *cursorStore                    // SSE cursor logs
 	wg        sync.WaitGroup                  // stream handlers
@@ -194,7 +195,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	if s.cfg.SendBufferBytes > 0 {
 		ln = sendBufferListener{Listener: ln, size: s.cfg.SendBufferBytes}
 	}
-	err := s.app.Listener(ln)
+	err := s.app.Listener(trackingListener{Listener: ln, t: &s.silent})
 	if s.draining.Load() {
 		return ErrServerClosed
 	}
@@ -215,6 +216,81 @@ func (l sendBufferListener) Accept() (net.Conn, error) {
 	return c, err
 }
 
+// trackingListener keeps track of the accepted connections whose client
+// has not sent a byte yet. fasthttp counts such a connection as busy from
+// the start, so one that a client opened and left unused (a browser's
+// preconnect, an HTTP client's spare) would hold Shutdown to its timeout.
+type trackingListener struct {
+	net.Listener
+	t *silentConns
+}
+
+func (l trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return c, err
+	}
+	tc := &trackedConn{Conn: c, t: l.t}
+	l.t.add(tc)
+	return tc, nil
+}
+
+// silentConns is the set of accepted connections that have sent nothing.
+type silentConns struct {
+	mu    sync.Mutex
+	conns map[*trackedConn]struct{}
+}
+
+func (s *silentConns) add(c *trackedConn) {
+	s.mu.Lock()
+	if s.conns == nil {
+		s.conns = make(map[*trackedConn]struct{})
+	}
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *silentConns) remove(c *trackedConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// closeAll closes every connection that has sent nothing yet.
+func (s *silentConns) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		_ = c.Conn.Close()
+		delete(s.conns, c)
+	}
+}
+
+// trackedConn is an accepted connection that leaves the silent set at its
+// first byte.
+type trackedConn struct {
+	net.Conn
+	t     *silentConns
+	spoke atomic.Bool
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && !c.spoke.Load() {
+		c.spoke.Store(true)
+		c.t.remove(c)
+	}
+	return n, err
+}
+
+func (c *trackedConn) Close() error {
+	c.t.remove(c)
+	return c.Conn.Close()
+}
+
+// NetConn returns the connection under the wrapper (see socket).
+func (c *trackedConn) NetConn() net.Conn { return c.Conn }
+
 // Shutdown stops the server within ctx:
 //
 //  1. It starts draining: /readyz answers 503 and new streams are refused
@@ -226,7 +302,9 @@ func (l sendBufferListener) Accept() (net.Conn, error) {
 //     those still running are closed, which cuts off a writer stuck on a
 //     client that stopped reading however long its write deadline.
 //  4. The listener is closed and the HTTP server waits, until ctx ends at
-//     most, for the other connections to finish their requests.
+//     most, for the other connections to finish their requests; idle
+//     keep-alive connections, and those that never sent a request, are
+//     closed.
 //
 // The listener is closed even when ctx ends first, and Serve then returns;
 // Shutdown returns ctx.Err() if ctx ended before everything stopped.
@@ -254,7 +332,26 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	// Past ctx, this still closes the listener, then returns at once.
-	if herr := s.app.ShutdownWithContext(ctx); err == nil {
+	// Meanwhile connections that have sent nothing are closed as they come.
+	stopSweep := make(chan struct{})
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			s.silent.closeAll()
+			select {
+			case <-stopSweep:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	herr := s.app.ShutdownWithContext(ctx)
+	close(stopSweep)
+	<-swept
+	if err == nil {
 		err = herr
 	}
 	s.mu.Lock()

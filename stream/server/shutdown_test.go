@@ -2,9 +2,11 @@ package server_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -223,4 +225,25 @@ func dialSmallRcvBuf(t testing.TB, addr string) net.Conn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// A connection whose client never sends a request (a browser's preconnect)
+// does not hold Shutdown up: fasthttp counts it as busy from the start.
+func TestShutdownClosesSilentConnection(t *testing.T) {
+	t.Parallel()
+	e := startServer(t, nil)
+	conn, err := net.DialTimeout("tcp", e.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// The server has accepted it once it answers a request on another one.
+	if status, _ := e.get("/healthz", nil); status != 200 {
+		t.Fatalf("/healthz: %d", status)
+	}
+	e.shutdown() // fails if Shutdown does not succeed within its timeout
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the silent connection is still open after Shutdown: %v", err)
+	}
 }
