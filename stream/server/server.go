@@ -118,14 +118,15 @@ type Server struct {
 
 	wsHandler fiber.Handler
 
-	draining  atomic.Bool
-	mu        sync.Mutex
-	streams   map[*stream.Subscriber]net.Conn // open /ws and /sse streams: their sockets
-	listeners []net.Listener                  // passed to Serve, closed by Shutdown
-	silent    silentConns                     // accepted connections that have sent nothing
-	sessions  map[string]*stream.Subscriber   // SSE sessions by id
-	cursors   *cursorStore                    // SSE cursor logs
-	wg        sync.WaitGroup                  // stream handlers
+	draining atomic.Bool
+	mu       sync.Mutex
+	streams  map[*stream.Subscriber]net.Conn // open /ws and /sse streams: their sockets
+	sessions map[string]*stream.Subscriber   // SSE sessions by id
+	cursors  *cursorStore                    // SSE cursor logs
+	wg       sync.WaitGroup                  // stream handlers
+
+	listeners []net.Listener // passed to Serve, closed by Shutdown; guarded by mu
+	silent    silentConns    // accepted connections that have sent nothing
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
