@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	_ "github.com/tickstream/tickstream/feeds/all"
@@ -13,7 +14,7 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := notifyContext()
 	err := run(ctx, os.Args[1:])
 	stop()
 	switch {
@@ -29,4 +30,39 @@ func run(ctx context.Context, args []string) error {
 		return runRecord(ctx, args[1:])
 	}
 	return app.Run(ctx, args)
+}
+
+// notifyContext returns a context that ends at the first SIGINT or SIGTERM:
+// the command then shuts down gracefully, within shutdown_timeout_ms. A
+// second signal exits at once, without waiting for that shutdown; its exit
+// code is 128 plus the signal number, as if the signal had killed it. stop
+// stops listening for signals.
+func notifyContext() (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		if _, ok := <-sigs; !ok {
+			return
+		}
+		cancel()
+		sig, ok := <-sigs
+		if !ok {
+			return
+		}
+		fmt.Fprintf(os.Stderr, "tickstream: second %v: exiting without waiting for shutdown\n", sig)
+		code := 1
+		if n, ok := sig.(syscall.Signal); ok {
+			code = 128 + int(n)
+		}
+		os.Exit(code)
+	}()
+	var once sync.Once
+	return ctx, func() {
+		once.Do(func() {
+			signal.Stop(sigs)
+			close(sigs)
+			cancel()
+		})
+	}
 }

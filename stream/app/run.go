@@ -48,7 +48,8 @@ func NewLogger(w io.Writer, s Settings) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// RunListener runs the server on ln with settings s until ctx ends. It
+// RunListener runs the server on ln with settings s until ctx ends, then
+// shuts down within shutdown_timeout_ms (see server.Server.Shutdown). It
 // closes ln.
 func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
@@ -122,7 +123,9 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), ms(s.ShutdownTimeoutMS))
 	defer cancel()
-	// Reverse order of start-up: HTTP (clients get 1001), feeds, bus.
+	// Reverse order of start-up: HTTP (clients get 1001, stuck ones are
+	// cut off), feeds, bus, all within shutdown_timeout_ms. Shutdown closes
+	// the listener even when the timeout ends first, so Serve returns.
 	errs := []error{srv.Shutdown(sctx)}
 	if err := <-serveErr; err != nil && !errors.Is(err, server.ErrServerClosed) {
 		errs = append(errs, err)

@@ -39,7 +39,7 @@ type Settings struct {
 	AcceptBurst       int     `yaml:"accept_burst" help:"token bucket size for new connections" default:"500" min:"1" max:"1000000"`
 	SendBufferBytes   int     `yaml:"send_buffer_bytes" help:"kernel send buffer (SO_SNDBUF) per connection, so a slow client's backlog stays where it is bounded; 0 = the system's autotuning" default:"262144" min:"0" max:"67108864"`
 	DisableWebSocket  bool    `yaml:"disable_websocket" help:"refuse /ws upgrades, as a proxy that blocks WebSocket would (clients fall back to SSE)" default:"false"`
-	ShutdownTimeoutMS int     `yaml:"shutdown_timeout_ms" help:"how long graceful shutdown may take" default:"5000" min:"100" max:"600000"`
+	ShutdownTimeoutMS int     `yaml:"shutdown_timeout_ms" help:"how long graceful shutdown may take; a second signal exits at once" default:"5000" min:"100" max:"600000"`
 
 	// Feeds come from the config file only. None means one sim feed.
 	Feeds []feeds.Config `yaml:"feeds" flag:"-"`

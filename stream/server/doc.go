@@ -11,7 +11,8 @@
 //
 // Concurrency contract: a Server is safe for concurrent use. Shutdown stops
 // accepting streams, closes every WebSocket with 1001 and a jittered
-// retry hint, ends every SSE stream with a retry: hint, waits for their
-// handlers, then shuts the HTTP server down. The Bus is not closed: it
-// belongs to the caller.
+// retry hint, ends every SSE stream with a retry: hint, waits a grace
+// period for their handlers, cuts off the sockets of those still stuck,
+// then shuts the HTTP server down, closing the listener even if its
+// context ends first. The Bus is not closed: it belongs to the caller.
 package server

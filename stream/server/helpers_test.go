@@ -105,10 +105,15 @@ func startServer(t testing.TB, mod func(*stream.BusConfig, *server.Config)) *env
 }
 
 // shutdown shuts the server down once and waits for Serve to return.
-func (e *env) shutdown() time.Duration {
+func (e *env) shutdown() time.Duration { return e.shutdownWithin(10 * time.Second) }
+
+// shutdownWithin is shutdown with the given shutdown timeout: Shutdown must
+// succeed within it, and Serve must then return ErrServerClosed. Only the
+// first call shuts down; later ones return 0.
+func (e *env) shutdownWithin(timeout time.Duration) time.Duration {
 	var took time.Duration
 	e.shutOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		start := time.Now()
 		if err := e.srv.Shutdown(ctx); err != nil {

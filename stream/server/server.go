@@ -120,10 +120,13 @@ type Server struct {
 
 	draining atomic.Bool
 	mu       sync.Mutex
-	streams  map[*stream.Subscriber]net.Conn // open /ws and /sse connections
+	streams  map[*stream.Subscriber]net.Conn // open /ws and /sse streams: their sockets
 	sessions map[string]*stream.Subscriber   // SSE sessions by id
 	cursors  *cursorStore                    // SSE cursor logs
 	wg       sync.WaitGroup                  // stream handlers
+
+	listeners []net.Listener // passed to Serve, closed by Shutdown; guarded by mu
+	silent    silentConns    // accepted connections that have sent nothing
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -180,11 +183,20 @@ func (s *Server) routes() {
 }
 
 // Serve serves HTTP on ln until Shutdown; then it returns ErrServerClosed.
+// Shutdown closes ln, even one whose Serve call starts after it.
 func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		_ = ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners = append(s.listeners, ln)
+	s.mu.Unlock()
 	if s.cfg.SendBufferBytes > 0 {
 		ln = sendBufferListener{Listener: ln, size: s.cfg.SendBufferBytes}
 	}
-	err := s.app.Listener(ln)
+	err := s.app.Listener(trackingListener{Listener: ln, t: &s.silent})
 	if s.draining.Load() {
 		return ErrServerClosed
 	}
@@ -205,9 +217,98 @@ func (l sendBufferListener) Accept() (net.Conn, error) {
 	return c, err
 }
 
-// Shutdown stops accepting streams, disconnects every stream client with
-// a retry hint, waits for their handlers and shuts the HTTP server down,
-// or returns ctx.Err() if ctx ends first.
+// trackingListener keeps track of the accepted connections whose client
+// has not sent a byte yet. fasthttp counts such a connection as busy from
+// the start, so one that a client opened and left unused (a browser's
+// preconnect, an HTTP client's spare) would hold Shutdown to its timeout.
+type trackingListener struct {
+	net.Listener
+	t *silentConns
+}
+
+func (l trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return c, err
+	}
+	tc := &trackedConn{Conn: c, t: l.t}
+	l.t.add(tc)
+	return tc, nil
+}
+
+// silentConns is the set of accepted connections that have sent nothing.
+type silentConns struct {
+	mu    sync.Mutex
+	conns map[*trackedConn]struct{}
+}
+
+func (s *silentConns) add(c *trackedConn) {
+	s.mu.Lock()
+	if s.conns == nil {
+		s.conns = make(map[*trackedConn]struct{})
+	}
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *silentConns) remove(c *trackedConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// closeAll closes every connection that has sent nothing yet.
+func (s *silentConns) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		_ = c.Conn.Close()
+		delete(s.conns, c)
+	}
+}
+
+// trackedConn is an accepted connection that leaves the silent set at its
+// first byte.
+type trackedConn struct {
+	net.Conn
+	t     *silentConns
+	spoke atomic.Bool
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && !c.spoke.Load() {
+		c.spoke.Store(true)
+		c.t.remove(c)
+	}
+	return n, err
+}
+
+func (c *trackedConn) Close() error {
+	c.t.remove(c)
+	return c.Conn.Close()
+}
+
+// NetConn returns the connection under the wrapper (see socket).
+func (c *trackedConn) NetConn() net.Conn { return c.Conn }
+
+// Shutdown stops the server within ctx:
+//
+//  1. It starts draining: /readyz answers 503 and new streams are refused
+//     with 503 and a retry hint, while the listener still answers.
+//  2. Every WebSocket gets a close frame 1001 with a jittered retry hint and
+//     every SSE stream a retry: line, then ends.
+//  3. Stream handlers get a grace period (shutdownGrace, at most half of
+//     the time ctx leaves) to end by themselves; then the connections of
+//     those still running are closed, which cuts off a writer stuck on a
+//     client that stopped reading however long its write deadline.
+//  4. The listener is closed and the HTTP server waits, until ctx ends at
+//     most, for the other connections to finish their requests; idle
+//     keep-alive connections, and those that never sent a request, are
+//     closed.
+//
+// The listener is closed even when ctx ends first, and Serve then returns;
+// Shutdown returns ctx.Err() if ctx ended before everything stopped.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	for _, sub := range s.openStreams() {
@@ -215,33 +316,76 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
-	// Clients get shutdownGrace to take their close frame; a writer still
-	// stuck on a client that stopped reading is then cut off, so that one
-	// dead client cannot hold shutdown up to its write deadline.
-	grace := time.NewTimer(shutdownGrace)
+	grace := time.NewTimer(shutdownGrace(ctx))
 	defer grace.Stop()
+	var err error
 	select {
 	case <-done:
 	case <-grace.C:
-		s.mu.Lock()
-		for _, conn := range s.streams {
-			_ = conn.Close()
-		}
-		s.mu.Unlock()
+		s.cutStreams()
 		select {
 		case <-done:
 		case <-ctx.Done():
-			return ctx.Err()
+			err = ctx.Err()
 		}
 	case <-ctx.Done():
-		return ctx.Err()
+		s.cutStreams()
+		err = ctx.Err()
 	}
-	return s.app.ShutdownWithContext(ctx)
+	// Past ctx, this still closes the listener, then returns at once.
+	// Meanwhile connections that have sent nothing are closed as they come.
+	stopSweep := make(chan struct{})
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			s.silent.closeAll()
+			select {
+			case <-stopSweep:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	herr := s.app.ShutdownWithContext(ctx)
+	close(stopSweep)
+	<-swept
+	if err == nil {
+		err = herr
+	}
+	s.mu.Lock()
+	for _, ln := range s.listeners {
+		_ = ln.Close() // in case Serve had not handed it to Fiber yet
+	}
+	s.mu.Unlock()
+	return err
 }
 
-// shutdownGrace is how long Shutdown waits for stream handlers to end by
-// themselves before closing their connections.
-const shutdownGrace = 2 * time.Second
+// maxShutdownGrace is the longest Shutdown waits for stream handlers to end
+// by themselves before closing their connections.
+const maxShutdownGrace = 2 * time.Second
+
+// shutdownGrace is maxShutdownGrace, or half of the time ctx leaves if that
+// is shorter, so that stuck streams are cut off before ctx ends.
+func shutdownGrace(ctx context.Context) time.Duration {
+	g := maxShutdownGrace
+	if dl, ok := ctx.Deadline(); ok {
+		g = min(g, time.Until(dl)/2)
+	}
+	return g
+}
+
+// cutStreams closes the TCP connection of every open stream: its writer,
+// stuck or not, fails at once and its handler ends.
+func (s *Server) cutStreams() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, conn := range s.streams {
+		_ = conn.Close()
+	}
+}
 
 func (s *Server) openStreams() []*stream.Subscriber {
 	s.mu.Lock()
@@ -254,7 +398,8 @@ func (s *Server) openStreams() []*stream.Subscriber {
 }
 
 // open registers a new stream connection, refusing it while draining.
-// conn is closed if the connection outlives Shutdown's grace period.
+// conn is the connection as the handler sees it; the socket under it is
+// closed if the stream outlives Shutdown's grace period.
 func (s *Server) open(transport string, conn net.Conn) (*stream.Subscriber, error) {
 	sub, err := s.bus.NewSubscriber(transport)
 	if err != nil {
@@ -266,12 +411,34 @@ func (s *Server) open(transport string, conn net.Conn) (*stream.Subscriber, erro
 		sub.Close(protocol.DisconnectShutdown)
 		return nil, ErrServerClosed
 	}
-	s.streams[sub] = conn
+	s.streams[sub] = socket(conn)
 	if transport == "sse" {
 		s.sessions[sub.Session()] = sub
 	}
 	s.wg.Add(1)
 	return sub, nil
+}
+
+// socket returns the connection under conn's wrappers: fasthttp hands a
+// hijacked (WebSocket) handler a wrapper whose Close does nothing, and a
+// TLS connection's Close would first try to write an alert, which blocks
+// behind a stuck writer. Closing the socket itself always fails a stuck
+// write at once.
+func socket(conn net.Conn) net.Conn {
+	for range 8 { // bounded: a wrapper could return itself
+		var under net.Conn
+		switch c := conn.(type) {
+		case interface{ UnsafeConn() net.Conn }: // fasthttp's hijackConn
+			under = c.UnsafeConn()
+		case interface{ NetConn() net.Conn }: // *tls.Conn
+			under = c.NetConn()
+		}
+		if under == nil {
+			return conn
+		}
+		conn = under
+	}
+	return conn
 }
 
 func (s *Server) closeStream(sub *stream.Subscriber) {

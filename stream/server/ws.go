@@ -84,7 +84,10 @@ func (t *wsTransport) Heartbeat() error {
 
 func (s *Server) serveWS(c *websocket.Conn) {
 	conn := c.Conn
-	sub, err := s.open("ws", conn.NetConn())
+	// conn.Close only closes fasthttp's hijacked wrapper, which does
+	// nothing: a stuck writer is cut off by closing the socket itself.
+	sock := socket(conn.NetConn())
+	sub, err := s.open("ws", sock)
 	if err != nil {
 		s.closeWS(conn, &protocol.Disconnect{Code: fastws.CloseGoingAway, Reason: "server shutting down"})
 		return
@@ -115,7 +118,7 @@ func (s *Server) serveWS(c *websocket.Conn) {
 			s.bus.Metrics().SlowClose()
 			s.closeWS(conn, protocol.DisconnectSlow)
 		default:
-			_ = conn.Close() // the socket failed: wake the reader
+			_ = sock.Close() // the socket failed: wake the reader
 			return
 		}
 		// Give the client a moment to answer the close frame, then stop
@@ -139,7 +142,7 @@ func (s *Server) serveWS(c *websocket.Conn) {
 		}
 	}
 	sub.Close(nil)
-	_ = conn.Close() // unblocks a writer stuck on a dead client
+	_ = sock.Close() // unblocks a writer stuck on a dead client
 	<-writerDone
 }
 
