@@ -118,7 +118,11 @@ func WriteTable(w io.Writer, r *Result, perClient bool) {
 	}
 	if r.ServerMeasured {
 		row("server RSS", "%.1f MiB (before clients %.1f MiB) = %.1f KiB/conn", mib(r.ServerRSS), mib(r.ServerRSSBase), r.RSSPerConn/1024)
-		row("server CPU", "%.2f s (%.2f cores) = %.2f CPU-s per million deliveries", r.ServerCPUSec, r.ServerCPUUtil, r.CPUPerMillion)
+		if r.Mode == "load" {
+			row("server CPU", "%.2f s (%.2f cores) = %.2f CPU-s per million deliveries", r.ServerCPUSec, r.ServerCPUUtil, r.CPUPerMillion)
+		} else {
+			row("server CPU", "%.2f s (%.2f cores)", r.ServerCPUSec, r.ServerCPUUtil)
+		}
 	} else {
 		row("server", "not measured (no --pid)")
 	}
