@@ -12,10 +12,10 @@ import (
 	"time"
 
 	_ "github.com/tickstream/tickstream/feeds/sim"
-	"github.com/tickstream/tickstream/stream/server"
+	"github.com/tickstream/tickstream/stream/app"
 )
 
-// startTickstream runs a real tickstream (server.RunListener) on
+// startTickstream runs a real tickstream (app.RunListener) on
 // 127.0.0.1:0 with one quiet sim feed whose topic the benchmark does not
 // use, and returns its base URL. It stops when the test ends.
 func startTickstream(t *testing.T) string {
@@ -25,7 +25,7 @@ func startTickstream(t *testing.T) string {
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := server.LoadSettings([]string{"--config", cfgPath, "--accept-rate", "10000", "--accept-burst", "10000", "--shutdown-timeout-ms", "3000"},
+	s, err := app.LoadSettings([]string{"--config", cfgPath, "--accept-rate", "10000", "--accept-burst", "10000", "--shutdown-timeout-ms", "3000"},
 		func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatalf("settings: %v", err)
@@ -36,7 +36,7 @@ func startTickstream(t *testing.T) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- server.RunListener(ctx, s, ln, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	go func() { done <- app.RunListener(ctx, s, ln, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
