@@ -243,7 +243,7 @@ func TestSubscribeRefusedAndPing(t *testing.T) {
 // silent for two heartbeats, keeps it.
 func TestKeepAlive(t *testing.T) {
 	t.Parallel()
-	e := startServer(t, func(bc *stream.BusConfig) { bc.Heartbeat = 50 * time.Millisecond })
+	e := startServer(t, func(bc *stream.BusConfig) { bc.Heartbeat = 250 * time.Millisecond })
 	e.publish("A", 1)
 	c := dial(t, e.url, nil)
 	subscribe(t, c, []string{"A"}, 0, nil)
@@ -258,7 +258,7 @@ func TestKeepAlive(t *testing.T) {
 		}
 		got <- m
 	}()
-	time.Sleep(20 * 50 * time.Millisecond) // quiet for 20 heartbeats
+	time.Sleep(8 * 250 * time.Millisecond) // quiet for 8 heartbeats
 	e.publish("A", 2)
 	if m := <-got; m.Type != protocol.TypeUpdate || m.Data["price"] != 2 {
 		t.Errorf("after a quiet spell: %+v, want the update", m)

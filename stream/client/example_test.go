@@ -46,7 +46,6 @@ func Example() {
 		return
 	}
 	fmt.Println("subscribed to", topics)
-	publish(61840.1)
 	for range 2 {
 		m, err := c.Next(ctx)
 		if err != nil {
@@ -56,6 +55,7 @@ func Example() {
 		switch m.Type {
 		case protocol.TypeSnapshot:
 			fmt.Println("snapshot", m.Topic, m.Seq, m.Data["price"])
+			publish(61840.1) // after the snapshot: it comes as an update
 		case protocol.TypeUpdate:
 			fmt.Println("update", m.Topic, m.Seq, m.Data["price"], "n", m.Agg.N)
 		}
