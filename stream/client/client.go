@@ -153,6 +153,10 @@ func (c *Conn) Heartbeat() time.Duration {
 // server's default). resume maps topics to the last (epoch, seq) the
 // caller has, so the server replays what was missed; it may be nil.
 //
+// The server takes the snapshots (or starts the replay) after it sends
+// the ack, so a tick published just as Subscribe returns may come in a
+// snapshot rather than as an update.
+//
 // If the server refuses the whole request, the error is its
 // *protocol.Error. Topics it refuses while acknowledging others come as
 // error messages from Next. Messages that arrive meanwhile (updates of

@@ -345,12 +345,23 @@ func TestHistoryAndBackfill(t *testing.T) {
 
 func TestHistoryURL(t *testing.T) {
 	t.Parallel()
-	// Dial needs a server; the URL is derived before the handshake, so
-	// check it on a real one at a proxy-like path.
+	for _, tc := range []struct{ ws, want string }{
+		{"ws://localhost:8080/ws", "http://localhost:8080/api/history"},
+		{"wss://example.com/prefix/ws?token=abc", "https://example.com/prefix/api/history?token=abc"},
+		{"ws://127.0.0.1:1/ws/", "http://127.0.0.1:1/api/history"},
+		{"ws://h", "http://h/api/history"},
+	} {
+		if got, err := client.HistoryURLOf(tc.ws); err != nil || got != tc.want {
+			t.Errorf("%s: %q, %v; want %q", tc.ws, got, err, tc.want)
+		}
+	}
+	if _, err := client.HistoryURLOf("ftp://h/ws"); err == nil {
+		t.Errorf("ftp:// accepted")
+	}
+	// Dial keeps the derived URL (and refuses a bad one before dialling).
 	e := startServer(t, nil)
 	c := dial(t, e.url+"?x=1", nil)
-	want := "http://" + e.url[len("ws://"):len(e.url)-len("/ws")] + "/api/history?x=1"
-	if got := c.HistoryURL(); got != want {
-		t.Errorf("HistoryURL = %q, want %q", got, want)
+	if want := "http://" + e.url[len("ws://"):len(e.url)-len("/ws")] + "/api/history?x=1"; c.HistoryURL() != want {
+		t.Errorf("HistoryURL = %q, want %q", c.HistoryURL(), want)
 	}
 }
