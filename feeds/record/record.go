@@ -185,7 +185,11 @@ func (r *recorder) handle(ctx context.Context, c *client.Conn, m protocol.WireMe
 		r.log.Warn("record: the server cannot resume the topic; filling in from its history", "topic", m.Topic, "reason", m.Reason)
 	case protocol.TypeStatus:
 		if m.Lagging != nil && *m.Lagging {
-			r.log.Warn("record: the server stepped the recorder down (too slow); merged updates are filled in from history", "throttle_ms", m.ThrottleMS)
+			var ms int64
+			if m.ThrottleMS != nil {
+				ms = *m.ThrottleMS
+			}
+			r.log.Warn("record: the server stepped the recorder down (too slow); merged updates are filled in from history", "throttle_ms", ms)
 		} else {
 			r.log.Info("record: caught up")
 		}
