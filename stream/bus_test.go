@@ -692,7 +692,7 @@ func TestHardBoundCloses(t *testing.T) {
 }
 
 // TestLaggingEnds: once the transport writes quickly again the
-// subscriber is told lagging:false at the first quick paced write, and
+// subscriber is told lagging:false after catchUpWrites quick paces, and
 // nothing was lost on the way.
 func TestLaggingEnds(t *testing.T) {
 	t.Parallel()
