@@ -34,8 +34,9 @@ type BusConfig struct {
 	// MaxThrottle is the largest throttle_ms a client may ask for. Zero
 	// value means 60 s.
 	MaxThrottle time.Duration
-	// MaxTopicsPerSubscriber bounds topics and patterns per connection.
-	// Zero value means 1000.
+	// MaxTopicsPerSubscriber bounds what one connection holds: every topic
+	// delivered (named or through a pattern), every named topic waiting
+	// for its first tick, and every pattern. Zero value means 1000.
 	MaxTopicsPerSubscriber int
 	// MaxPendingBytes is the outbound queue size past which a subscriber
 	// steps down; four times it closes the subscriber. One MiB holds

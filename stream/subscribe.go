@@ -22,7 +22,8 @@ type Result struct {
 
 // Handle carries out one client message (subscribe, unsubscribe, ping):
 // the answers (ack, snapshots, pong, errors) go on the subscriber's queue
-// in order. The returned error is a *protocol.Error when nothing of the
+// in order; the snapshots of a big subscribe follow as the client reads
+// (see pumpJoins). The returned error is a *protocol.Error when nothing of the
 // message could be done. A subscriber that keeps sending bad messages is
 // closed with protocol.DisconnectPolicy.
 func (s *Subscriber) Handle(frame []byte) (Result, error) {

@@ -227,3 +227,83 @@ func TestPatternSnapshotsPaced(t *testing.T) {
 		t.Fatalf("Err() = %v, Lagging() = %v; want open and not stepped down", s.Err(), s.Lagging())
 	}
 }
+
+// TestPendingInterest: names with no tick yet are not topics (they do not
+// count against MaxTopics) and unsubscribe and Close forget them.
+func TestPendingInterest(t *testing.T) {
+	t.Parallel()
+	b := newTestBus(t, BusConfig{MaxTopics: 1, MaxTopicsPerSubscriber: 4})
+	s := newTestSub(t, b)
+	res := mustHandle(t, s, `{"op":"subscribe","topics":["n.1","n.2","n.3"],"throttle_ms":0}`)
+	if len(res.Topics) != 3 || len(res.Errors) != 0 {
+		t.Fatalf("Result %+v: want the 3 names acknowledged", res)
+	}
+	if n := len(b.Topics()); n != 0 {
+		t.Fatalf("%d topics, want none", n)
+	}
+	other := newTestSub(t, b)
+	mustHandle(t, other, `{"op":"subscribe","topics":["n.2"],"throttle_ms":0}`)
+	mustHandle(t, s, `{"op":"unsubscribe","topics":["n.1"]}`)
+	b.mu.RLock()
+	pendingNames := len(b.pending)
+	b.mu.RUnlock()
+	if pendingNames != 2 {
+		t.Fatalf("%d names pending, want 2 (n.2 and n.3)", pendingNames)
+	}
+	mustPublish(t, b, priceTick("n.2", baseTS, 1, 1)) // the one topic allowed
+	for _, sub := range []*Subscriber{s, other} {
+		ups := ofType(decodeAll(t, drainAll(sub)), protocol.TypeUpdate)
+		if len(ups) != 1 || ups[0].Topic != "n.2" || ups[0].Seq != 1 {
+			t.Fatalf("updates %+v, want the first of n.2", ups)
+		}
+	}
+	s.Close(nil)
+	other.Close(nil)
+	checkNoGroups(t, b)
+}
+
+// TestWaitingJoinsCancelled: joins still waiting for room are dropped by
+// an unsubscribe, replaced by a later subscribe of the same topic, and
+// dropped by Close.
+func TestWaitingJoinsCancelled(t *testing.T) {
+	t.Parallel()
+	const topics, maxPending = 200, 16 << 10 // 400 KB of snapshots
+	b := newTestBus(t, BusConfig{MaxPendingBytes: maxPending, MaxTopicsPerSubscriber: topics + 1})
+	for i := range topics {
+		mustPublish(t, b, bulky(fmt.Sprintf("w.%03d", i), i))
+	}
+	s := newTestSub(t, b) // nothing drains it: the joins wait
+	mustHandle(t, s, `{"op":"subscribe","topics":["w.*"],"throttle_ms":0}`)
+	s.subMu.Lock()
+	waiting := len(s.subs.waiting)
+	s.subMu.Unlock()
+	if waiting == 0 || waiting == topics {
+		t.Fatalf("%d of %d joins waiting, want some made and some waiting", waiting, topics)
+	}
+	// Named, a waiting topic stays when the pattern goes.
+	mustHandle(t, s, `{"op":"subscribe","topics":["w.199"],"throttle_ms":0}`)
+	mustHandle(t, s, `{"op":"unsubscribe","topics":["w.*"]}`)
+	s.subMu.Lock()
+	waiting = len(s.subs.waiting)
+	members := len(s.members)
+	s.subMu.Unlock()
+	if waiting != 1 || members != 0 {
+		t.Fatalf("%d joins waiting and %d memberships after unsubscribe, want only w.199 waiting", waiting, members)
+	}
+	drainAll(s)
+	s.pumpJoins()
+	ws := decodeAll(t, drainAll(s))
+	if len(ws) != 1 || ws[0].Type != protocol.TypeSnapshot || ws[0].Topic != "w.199" {
+		t.Fatalf("got %+v, want the snapshot of w.199", ws)
+	}
+	mustPublish(t, b, bulky("w.199", 1000))
+	mustPublish(t, b, bulky("w.000", 1000))
+	if ups := ofType(decodeAll(t, drainAll(s)), protocol.TypeUpdate); len(ups) != 1 || ups[0].Topic != "w.199" {
+		t.Fatalf("updates %+v, want one of w.199", ups)
+	}
+
+	mustHandle(t, s, `{"op":"subscribe","topics":["w.*"],"throttle_ms":0}`)
+	s.Close(nil)
+	s.pumpJoins()
+	checkNoGroups(t, b)
+}
