@@ -150,6 +150,9 @@ type Bus struct {
 	// testHookJoin, if set (by tests, before use), is called at the start
 	// of every join, with the topic's lock held.
 	testHookJoin func(topic string, s *Subscriber)
+	// testHookScanned, if set, is called by a pattern subscribe between
+	// its scan of the topics and its registration with the bus.
+	testHookScanned func(s *Subscriber)
 
 	flMu     sync.Mutex
 	flushers map[time.Duration]*flusher

@@ -127,6 +127,15 @@ func (s *Subscriber) heldLocked() int {
 	return n
 }
 
+// atLimitLocked reports whether s holds MaxTopicsPerSubscriber already.
+func (s *Subscriber) atLimitLocked() bool {
+	max := s.bus.cfg.MaxTopicsPerSubscriber
+	if len(s.members)+len(s.subs.pending)+len(s.patterns)+len(s.subs.waiting) < max {
+		return false // the common case, without counting
+	}
+	return s.heldLocked() >= max
+}
+
 // patternForLocked returns a pattern of s that matches name, preferring
 // prefer, and its interval.
 func (s *Subscriber) patternForLocked(name, prefer string) (string, time.Duration, bool) {
@@ -162,6 +171,20 @@ func (s *Subscriber) queueLocked(req *joinReq) {
 	s.subs.waiting[req.name] = req
 	s.subs.order = append(s.subs.order, req.name)
 	delete(s.subs.pending, req.name)
+	if len(s.subs.order) > 2*len(s.subs.waiting)+64 {
+		// Unsubscribes and resubscribes left stale names: keep the first
+		// of each name still waiting, so order stays bounded.
+		seen := make(map[string]bool, len(s.subs.waiting))
+		order := s.subs.order[:0]
+		for _, name := range s.subs.order {
+			if s.subs.waiting[name] != nil && !seen[name] {
+				seen[name] = true
+				order = append(order, name)
+			}
+		}
+		clear(s.subs.order[len(order):])
+		s.subs.order = order
+	}
 }
 
 func cursorOf(resume map[string]protocol.Cursor, name string) *protocol.Cursor {
@@ -214,6 +237,9 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 			}
 		}
 		sort.Slice(matched, func(i, j int) bool { return matched[i].name < matched[j].name })
+		if h := s.bus.testHookScanned; h != nil {
+			h(s)
+		}
 	}
 	exact := make([]*topic, len(names))
 	for i, name := range names {
@@ -295,7 +321,7 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 				if !ok {
 					continue // unsubscribed meanwhile
 				}
-				if !s.holdsLocked(t.name) && s.heldLocked() >= cfg.MaxTopicsPerSubscriber {
+				if !s.holdsLocked(t.name) && s.atLimitLocked() {
 					if !s.subs.full[p] {
 						s.markFullLocked(p)
 						full = append(full, p)
@@ -424,7 +450,7 @@ func (s *Subscriber) joinCreated(t *topic, j newJoin) {
 		if !ok || s.members[t.name] != nil {
 			return nil, 0, false
 		}
-		if s.heldLocked() >= s.bus.cfg.MaxTopicsPerSubscriber {
+		if s.atLimitLocked() {
 			if !s.subs.full[p] {
 				s.markFullLocked(p)
 				full = p

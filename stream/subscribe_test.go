@@ -307,3 +307,29 @@ func TestWaitingJoinsCancelled(t *testing.T) {
 	s.pumpJoins()
 	checkNoGroups(t, b)
 }
+
+// TestTopicCreatedBetweenScanAndRegistration: a topic created after a
+// pattern subscribe has scanned the topics but before the pattern is
+// registered (no creation joins it) is joined by the subscribe, once.
+func TestTopicCreatedBetweenScanAndRegistration(t *testing.T) {
+	t.Parallel()
+	b := newTestBus(t, BusConfig{})
+	mustPublish(t, b, priceTick("g.a", baseTS, 1, 1))
+	s := newTestSub(t, b)
+	b.testHookScanned = func(sub *Subscriber) {
+		if sub == s {
+			mustPublish(t, b, priceTick("g.between", baseTS, 1, 1)) // the bus lock is free
+		}
+	}
+	mustHandle(t, s, `{"op":"subscribe","topics":["g.*"],"throttle_ms":0}`)
+	mustPublish(t, b, priceTick("g.after", baseTS, 1, 1))
+	mustPublish(t, b, priceTick("g.between", baseTS, 2, 1))
+	var got []string
+	for _, w := range decodeAll(t, drainAll(s)) {
+		got = append(got, fmt.Sprintf("%s %s %d", w.Type, w.Topic, w.Seq))
+	}
+	want := []string{"ack  0", "snapshot g.a 1", "snapshot g.between 1", "update g.after 1", "update g.between 2"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}
