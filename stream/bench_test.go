@@ -157,3 +157,42 @@ func BenchmarkAppendUpdate(b *testing.B) {
 	}
 	b.SetBytes(int64(len(buf)))
 }
+
+// BenchmarkPublishWhilePatternSubscribes: one op is one tick published to
+// an existing topic while another goroutine keeps subscribing and
+// unsubscribing a pattern over a bus of 20,000 topics. The pattern's scan
+// holds no bus-wide lock, so the publish does not wait for it.
+func BenchmarkPublishWhilePatternSubscribes(b *testing.B) {
+	bus := newTestBus(b, BusConfig{})
+	for i := range 20_000 {
+		mustPublish(b, bus, benchTick(fmt.Sprintf("t.%05d", i), i))
+	}
+	s, err := bus.NewSubscriber("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close(nil)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = s.Handle([]byte(`{"op":"subscribe","topics":["none.*"]}`))
+			_, _ = s.Handle([]byte(`{"op":"unsubscribe","topics":["none.*"]}`))
+			s.drain(nil)
+		}
+	}()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := bus.Publish("bench", benchTick("t.00042", i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	close(stop)
+	<-done
+}

@@ -34,8 +34,9 @@ type BusConfig struct {
 	// MaxThrottle is the largest throttle_ms a client may ask for. Zero
 	// value means 60 s.
 	MaxThrottle time.Duration
-	// MaxTopicsPerSubscriber bounds topics and patterns per connection.
-	// Zero value means 1000.
+	// MaxTopicsPerSubscriber bounds what one connection holds: every topic
+	// delivered (named or through a pattern), every named topic waiting
+	// for its first tick, and every pattern. Zero value means 1000.
 	MaxTopicsPerSubscriber int
 	// MaxPendingBytes is the outbound queue size past which a subscriber
 	// steps down; four times it closes the subscriber. One MiB holds
@@ -132,11 +133,31 @@ type Bus struct {
 	cfg     BusConfig
 	metrics *Metrics
 
-	mu       sync.RWMutex
-	topics   map[string]*topic
+	// mu guards the maps below. It is held only for lookups, updates and
+	// copies, never across a scan of the topics or a join, so a publish
+	// never waits for a subscribe.
+	mu     sync.RWMutex
+	topics map[string]*topic
+	// all is every topic in order of creation; it only grows, so a
+	// subscribe copies its header under mu and scans the copy outside.
+	all []*topic
+	// patterns and byPrefix are the pattern subscriptions, by subscriber
+	// and by prefix (a new topic looks up each prefix of its name).
 	patterns map[*Subscriber]map[string]time.Duration
-	subs     map[*Subscriber]struct{}
-	closed   bool
+	byPrefix map[string]map[*Subscriber]time.Duration
+	// pending is the interest in topics that have no tick yet: named
+	// subscriptions that join the topic when it is created. It is bounded
+	// by the per-connection limit and is not a topic.
+	pending map[string]map[*Subscriber]*joinReq
+	subs    map[*Subscriber]struct{}
+	closed  bool
+
+	// testHookJoin, if set (by tests, before use), is called at the start
+	// of every join, with the topic's lock held.
+	testHookJoin func(topic string, s *Subscriber)
+	// testHookScanned, if set, is called by a pattern subscribe between
+	// its scan of the topics and its registration with the bus.
+	testHookScanned func(s *Subscriber)
 
 	flMu     sync.Mutex
 	flushers map[time.Duration]*flusher
@@ -154,6 +175,8 @@ func NewBus(cfg BusConfig) (*Bus, error) {
 		metrics:  cfg.Metrics,
 		topics:   make(map[string]*topic),
 		patterns: make(map[*Subscriber]map[string]time.Duration),
+		byPrefix: make(map[string]map[*Subscriber]time.Duration),
+		pending:  make(map[string]map[*Subscriber]*joinReq),
 		subs:     make(map[*Subscriber]struct{}),
 		flushers: make(map[time.Duration]*flusher),
 	}
@@ -221,92 +244,188 @@ func (b *Bus) lookup(name string) *topic {
 }
 
 // topicFor finds or creates a topic. A new topic is joined by every
-// matching pattern subscription before its first tick.
+// pattern subscription it matches and every subscription that named it
+// before its first tick: that tick waits for those joins (they hold the
+// topic's lock), but Bus.mu is released before them.
 func (b *Bus) topicFor(name string) (*topic, error) {
 	if t := b.lookup(name); t != nil {
 		return t, nil
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.closed {
+		b.mu.Unlock()
 		return nil, ErrClosed
 	}
 	if t := b.topics[name]; t != nil {
+		b.mu.Unlock()
 		return t, nil
 	}
 	if len(b.topics) >= b.cfg.MaxTopics {
-		return nil, &tick.Error{Err: ErrTooManyTopic, Detail: fmt.Sprintf("%d topics already, at most %d", len(b.topics), b.cfg.MaxTopics)}
+		n := len(b.topics)
+		b.mu.Unlock()
+		return nil, &tick.Error{Err: ErrTooManyTopic, Detail: fmt.Sprintf("%d topics already, at most %d", n, b.cfg.MaxTopics)}
 	}
 	t := newTopic(b, name)
 	b.topics[name] = t
+	b.all = append(b.all, t)
 	b.metrics.topics.Add(1)
-	for s, ps := range b.patterns {
-		for p, interval := range ps {
-			if strings.HasPrefix(name, p) {
-				s.joinNew(t, interval)
-				break
-			}
-		}
+	joins := b.interestLocked(name)
+	if len(joins) == 0 {
+		b.mu.Unlock()
+		return t, nil
 	}
+	// Nobody can reach t before b.mu is released: lock it first, so that
+	// its first tick waits for the joins.
+	t.mu.Lock()
+	b.mu.Unlock()
+	for _, j := range joins {
+		j.sub.joinCreated(t, j)
+	}
+	t.mu.Unlock()
 	return t, nil
 }
 
-// subscribePattern subscribes s to every topic starting with prefix, now
-// and later.
-func (b *Bus) subscribePattern(s *Subscriber, prefix string, interval time.Duration, resume map[string]protocol.Cursor, skip map[string]bool) {
+// newJoin is a subscriber that asked for a topic before it existed.
+type newJoin struct {
+	sub      *Subscriber
+	req      *joinReq // the pending named subscription, or nil
+	prefix   string   // else the pattern that matched
+	interval time.Duration
+}
+
+// interestLocked takes the pending subscriptions of a new topic and copies
+// the pattern subscriptions that match it, one per subscriber. Called with
+// b.mu held; its cost is the length of the name plus the subscribers
+// found, not the number of patterns.
+func (b *Bus) interestLocked(name string) []newJoin {
+	var out []newJoin
+	for s, req := range b.pending[name] {
+		out = append(out, newJoin{sub: s, req: req, interval: req.interval})
+	}
+	delete(b.pending, name)
+	if len(b.byPrefix) == 0 {
+		return out
+	}
+	var seen map[*Subscriber]bool
+	for i := 0; i <= len(name); i++ {
+		for s, interval := range b.byPrefix[name[:i]] {
+			if seen == nil {
+				seen = make(map[*Subscriber]bool, len(out)+1)
+				for _, j := range out {
+					seen[j.sub] = true
+				}
+			}
+			if !seen[s] {
+				seen[s] = true
+				out = append(out, newJoin{sub: s, prefix: name[:i], interval: interval})
+			}
+		}
+	}
+	return out
+}
+
+// topicList is every topic so far, in order of creation. The slice is
+// shared: do not modify it.
+func (b *Bus) topicList() []*topic {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.all[:len(b.all):len(b.all)]
+}
+
+// register records s's patterns and named topics that have no tick yet,
+// so that topics created from now on join s at creation. It returns the
+// topics created after the first n of topicList (those a subscribe's scan
+// did not see and no creation joined) and the pending requests whose
+// topic was created in the meantime (to join now). Cursors for topics that
+// stay pending are answered here, under b.mu, so that the reset goes out
+// before any update of the topic.
+func (b *Bus) register(s *Subscriber, n int, patterns []string, interval time.Duration, pending []*joinReq, resume map[string]protocol.Cursor, named map[string]bool) (tail []*topic, late []*joinReq) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if _, open := b.subs[s]; !open { // released: it must not join new topics
-		b.mu.Unlock()
-		return
+		return nil, nil
 	}
-	ps := b.patterns[s]
-	if ps == nil {
-		ps = make(map[string]time.Duration)
-		b.patterns[s] = ps
-	}
-	ps[prefix] = interval
-	var matched []*topic
-	for name, t := range b.topics {
-		if strings.HasPrefix(name, prefix) {
-			matched = append(matched, t)
+	if len(patterns) > 0 {
+		ps := b.patterns[s]
+		if ps == nil {
+			ps = make(map[string]time.Duration)
+			b.patterns[s] = ps
+		}
+		for _, p := range patterns {
+			ps[p] = interval
+			bp := b.byPrefix[p]
+			if bp == nil {
+				bp = make(map[*Subscriber]time.Duration)
+				b.byPrefix[p] = bp
+			}
+			bp[s] = interval
 		}
 	}
-	b.mu.Unlock()
-	s.subMu.Lock()
-	if !s.released {
-		s.patterns[prefix] = interval
-	}
-	s.subMu.Unlock()
-	sort.Slice(matched, func(i, j int) bool { return matched[i].name < matched[j].name })
-	for _, t := range matched {
-		if !skip[t.name] {
-			s.join(t, interval, resume, false)
+	for _, req := range pending {
+		if t := b.topics[req.name]; t != nil {
+			req.t = t
+			late = append(late, req)
+			continue
+		}
+		m := b.pending[req.name]
+		if m == nil {
+			m = make(map[*Subscriber]*joinReq)
+			b.pending[req.name] = m
+		}
+		m[s] = req
+		if req.cur != nil {
+			s.pushStaleCursor(req.name, *req.cur)
 		}
 	}
+	if len(patterns) > 0 && len(resume) > 0 {
+		names := make([]string, 0, len(resume))
+		for name := range resume {
+			if !named[name] && b.topics[name] == nil && matchesAny(name, patterns) {
+				names = append(names, name)
+			}
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			s.pushStaleCursor(name, resume[name])
+		}
+	}
+	return b.all[n:len(b.all):len(b.all)], late
 }
 
-func (b *Bus) unsubscribePattern(s *Subscriber, prefix string) {
+// unregisterPending forgets a pending request.
+func (b *Bus) unregisterPending(s *Subscriber, req *joinReq) {
 	b.mu.Lock()
-	delete(b.patterns[s], prefix)
-	b.mu.Unlock()
-	s.subMu.Lock()
-	delete(s.patterns, prefix)
-	var names []string
-	for name := range s.members {
-		if strings.HasPrefix(name, prefix) {
-			names = append(names, name)
+	defer b.mu.Unlock()
+	b.unregisterPendingLocked(s, req)
+}
+
+func (b *Bus) unregisterPendingLocked(s *Subscriber, req *joinReq) {
+	if m := b.pending[req.name]; m[s] == req {
+		delete(m, s)
+		if len(m) == 0 {
+			delete(b.pending, req.name)
 		}
-	}
-	s.subMu.Unlock()
-	for _, name := range names {
-		s.leave(name, false)
 	}
 }
 
-// joinNew adds s to a topic that was just created (called with b.mu held,
-// before the topic's first tick, so no snapshot is needed).
-func (s *Subscriber) joinNew(t *topic, interval time.Duration) {
-	s.keep(t.join(s, interval, nil, false))
+// unregisterPattern forgets a pattern subscription.
+func (b *Bus) unregisterPattern(s *Subscriber, prefix string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.unregisterPatternLocked(s, prefix)
+	if len(b.patterns[s]) == 0 {
+		delete(b.patterns, s)
+	}
+}
+
+func (b *Bus) unregisterPatternLocked(s *Subscriber, prefix string) {
+	delete(b.patterns[s], prefix)
+	if bp := b.byPrefix[prefix]; bp != nil {
+		delete(bp, s)
+		if len(bp) == 0 {
+			delete(b.byPrefix, prefix)
+		}
+	}
 }
 
 // NewSubscriber registers a subscriber for one connection of transport
@@ -338,6 +457,9 @@ func (b *Bus) release(s *Subscriber) {
 	b.mu.Lock()
 	_, ok := b.subs[s]
 	delete(b.subs, s)
+	for p := range b.patterns[s] {
+		b.unregisterPatternLocked(s, p)
+	}
 	delete(b.patterns, s)
 	b.mu.Unlock()
 	if ok {
@@ -348,7 +470,16 @@ func (b *Bus) release(s *Subscriber) {
 	members := s.members
 	s.members = make(map[string]*membership)
 	clear(s.patterns)
+	pending := s.subs.pending
+	s.subs = subState{}
 	s.subMu.Unlock()
+	if len(pending) > 0 {
+		b.mu.Lock()
+		for _, req := range pending {
+			b.unregisterPendingLocked(s, req)
+		}
+		b.mu.Unlock()
+	}
 	for _, m := range members {
 		m.topic.mu.Lock()
 		m.topic.remove(m)

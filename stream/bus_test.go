@@ -84,6 +84,9 @@ func checkNoGroups(t testing.TB, b *Bus) {
 			t.Errorf("bus still has pattern subscriptions of %p: %v", s, ps)
 		}
 	}
+	if len(b.byPrefix) != 0 || len(b.pending) != 0 {
+		t.Errorf("bus still has %d patterns by prefix and %d pending names", len(b.byPrefix), len(b.pending))
+	}
 }
 
 func TestThrottleZeroOneUpdatePerTick(t *testing.T) {

@@ -26,5 +26,15 @@
 // Close stops them and disconnects every subscriber. Deliver runs on the
 // caller's goroutine and returns when the subscriber is closed, the
 // transport fails or the context ends. Lock order: Bus.mu → topic.mu →
-// Subscriber.subMu → Subscriber.mu → flusher.mu.
+// Subscriber.subMu → Subscriber.mu → flusher.mu. Bus.mu is held only for
+// lookups, map updates and copies, never across a scan of the topics or
+// a join: a publish never waits for a subscribe, and the first tick of a
+// new topic waits only for that topic's joins (under its topic.mu).
+//
+// A subscribe's joins (snapshot or replay, then membership) are made while
+// the subscriber's queue is under half of MaxPendingBytes; the rest wait
+// on the subscriber and are made as Deliver writes, so that a subscribe to
+// thousands of topics is paced like any other backlog. A named topic with
+// no tick yet is a pending interest (bounded per subscriber, not a topic)
+// that its creation turns into a membership.
 package stream

@@ -112,7 +112,7 @@ func TestConcurrentChurn(t *testing.T) {
 					// claims to be; it is queued before the ack.
 					name := topics[rng.IntN(4)]
 					s.subMu.Lock()
-					_, member := s.members[name]
+					member := s.holdsLocked(name)
 					s.subMu.Unlock()
 					if member {
 						continue

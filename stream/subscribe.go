@@ -3,6 +3,7 @@ package stream
 import (
 	"encoding/json"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -21,7 +22,8 @@ type Result struct {
 
 // Handle carries out one client message (subscribe, unsubscribe, ping):
 // the answers (ack, snapshots, pong, errors) go on the subscriber's queue
-// in order. The returned error is a *protocol.Error when nothing of the
+// in order; the snapshots of a big subscribe follow as the client reads
+// (see pumpJoins). The returned error is a *protocol.Error when nothing of the
 // message could be done. A subscriber that keeps sending bad messages is
 // closed with protocol.DisconnectPolicy.
 func (s *Subscriber) Handle(frame []byte) (Result, error) {
@@ -81,6 +83,117 @@ func (s *Subscriber) spendErrorBudget() {
 	}
 }
 
+// joinReq is one topic a subscriber is to join: a topic waiting for room
+// on the subscriber's queue (subState.waiting), or a name that has no tick
+// yet (subState.pending and Bus.pending).
+type joinReq struct {
+	name     string
+	t        *topic // nil while pending
+	interval time.Duration
+	cur      *protocol.Cursor
+	named    bool // the client named the topic (else a pattern asked for it)
+}
+
+// subState is the part of a subscriber's subscriptions not yet in effect.
+// It is guarded by Subscriber.subMu.
+type subState struct {
+	// waiting are the joins waiting for room on the queue, so that the
+	// snapshots of a big subscribe go out as the client takes them; order
+	// is their names, oldest first (a name no longer waiting is skipped).
+	waiting map[string]*joinReq
+	order   []string
+	// pending are named topics that have no tick yet.
+	pending map[string]*joinReq
+	// full are the patterns that stopped expanding at the per-connection
+	// limit; the client was told once.
+	full map[string]bool
+}
+
+// holdsLocked reports whether s has or is about to have topic name.
+func (s *Subscriber) holdsLocked(name string) bool {
+	return s.members[name] != nil || s.subs.waiting[name] != nil || s.subs.pending[name] != nil
+}
+
+// heldLocked is what counts against MaxTopicsPerSubscriber: every topic
+// delivered, by name or through a pattern, every topic waiting to be
+// joined or to get its first tick, and every pattern.
+func (s *Subscriber) heldLocked() int {
+	n := len(s.members) + len(s.subs.pending) + len(s.patterns)
+	for name := range s.subs.waiting {
+		if s.members[name] == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// atLimitLocked reports whether s holds MaxTopicsPerSubscriber already.
+func (s *Subscriber) atLimitLocked() bool {
+	max := s.bus.cfg.MaxTopicsPerSubscriber
+	if len(s.members)+len(s.subs.pending)+len(s.patterns)+len(s.subs.waiting) < max {
+		return false // the common case, without counting
+	}
+	return s.heldLocked() >= max
+}
+
+// patternForLocked returns a pattern of s that matches name, preferring
+// prefer, and its interval.
+func (s *Subscriber) patternForLocked(name, prefer string) (string, time.Duration, bool) {
+	if iv, ok := s.patterns[prefer]; ok && strings.HasPrefix(name, prefer) {
+		return prefer, iv, true
+	}
+	for p, iv := range s.patterns {
+		if strings.HasPrefix(name, p) {
+			return p, iv, true
+		}
+	}
+	return "", 0, false
+}
+
+func matchesAny(name string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// queueLocked adds a join to the waiting list, replacing an earlier one of
+// the same topic (a topic once named stays named).
+func (s *Subscriber) queueLocked(req *joinReq) {
+	if s.subs.waiting == nil {
+		s.subs.waiting = make(map[string]*joinReq)
+	}
+	if old := s.subs.waiting[req.name]; old != nil && old.named {
+		req.named = true
+	}
+	s.subs.waiting[req.name] = req
+	s.subs.order = append(s.subs.order, req.name)
+	delete(s.subs.pending, req.name)
+	if len(s.subs.order) > 2*len(s.subs.waiting)+64 {
+		// Unsubscribes and resubscribes left stale names: keep the first
+		// of each name still waiting, so order stays bounded.
+		seen := make(map[string]bool, len(s.subs.waiting))
+		order := s.subs.order[:0]
+		for _, name := range s.subs.order {
+			if s.subs.waiting[name] != nil && !seen[name] {
+				seen[name] = true
+				order = append(order, name)
+			}
+		}
+		clear(s.subs.order[len(order):])
+		s.subs.order = order
+	}
+}
+
+func cursorOf(resume map[string]protocol.Cursor, name string) *protocol.Cursor {
+	if c, ok := resume[name]; ok {
+		return &c
+	}
+	return nil
+}
+
 func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 	cfg := &s.bus.cfg
 	res := Result{Op: msg.Op, ID: msg.ID, Topics: []string{}}
@@ -91,30 +204,8 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 			return res, s.refuse(perr)
 		}
 	}
-	s.subMu.Lock()
-	// Count what the client named: patterns, not the topics they expand to.
-	have, fresh := len(s.patterns), 0
-	for _, m := range s.members {
-		if m.named {
-			have++
-		}
-	}
-	for _, name := range msg.Topics {
-		p, isPattern := protocol.Pattern(name)
-		if _, ok := s.patterns[p]; isPattern && ok {
-			continue
-		}
-		if _, ok := s.members[name]; !isPattern && ok {
-			continue
-		}
-		fresh++
-	}
-	s.subMu.Unlock()
-	if have+fresh > cfg.MaxTopicsPerSubscriber {
-		return res, s.Refuse(msg.ID, protocol.CodeTooManyTopics, fmt.Sprintf("%d topics subscribed and %d more asked for: at most %d per connection", have, fresh, cfg.MaxTopicsPerSubscriber))
-	}
-	var exact []*topic
-	var patterns []string
+	var names, patterns []string
+	named := make(map[string]bool, len(msg.Topics))
 	seen := make(map[string]bool, len(msg.Topics))
 	for _, name := range msg.Topics {
 		if seen[name] {
@@ -125,22 +216,127 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 			res.Errors = append(res.Errors, protocol.BadSub(msg.ID, name))
 			continue
 		}
+		res.Topics = append(res.Topics, name)
 		if p, ok := protocol.Pattern(name); ok {
 			patterns = append(patterns, p)
-			res.Topics = append(res.Topics, name)
 			continue
 		}
-		t := s.bus.lookup(name)
-		if t == nil {
-			res.Errors = append(res.Errors, &protocol.Error{ID: msg.ID, Code: protocol.CodeUnknownTopic, Message: fmt.Sprintf("no topic %q (yet); subscribe to a pattern such as %q to get topics as they appear", name, name+"*")})
-			continue
-		}
-		exact = append(exact, t)
-		res.Topics = append(res.Topics, name)
+		names = append(names, name)
+		named[name] = true
 	}
+
+	// What the patterns expand to now: the topic list is copied under the
+	// bus lock and scanned outside it. A topic named in this message is
+	// joined (and resumed) as named, not again through a pattern.
+	var all, matched []*topic
+	if len(patterns) > 0 {
+		all = s.bus.topicList()
+		for _, t := range all {
+			if !named[t.name] && matchesAny(t.name, patterns) {
+				matched = append(matched, t)
+			}
+		}
+		sort.Slice(matched, func(i, j int) bool { return matched[i].name < matched[j].name })
+		if h := s.bus.testHookScanned; h != nil {
+			h(s)
+		}
+	}
+	exact := make([]*topic, len(names))
+	for i, name := range names {
+		exact[i] = s.bus.lookup(name) // nil: no tick yet
+	}
+
+	var pending []*joinReq
 	if len(res.Topics) > 0 {
+		s.subMu.Lock()
+		have, fresh := s.heldLocked(), 0
+		for _, p := range patterns {
+			if _, ok := s.patterns[p]; !ok {
+				fresh++
+			}
+		}
+		for _, name := range names {
+			if !s.holdsLocked(name) {
+				fresh++
+			}
+		}
+		for _, t := range matched {
+			if !s.holdsLocked(t.name) {
+				fresh++
+			}
+		}
+		if max := cfg.MaxTopicsPerSubscriber; have+fresh > max {
+			s.subMu.Unlock()
+			res.Topics, res.Errors = []string{}, nil
+			return res, s.Refuse(msg.ID, protocol.CodeTooManyTopics, fmt.Sprintf(
+				"%d topics held and %d more asked for: at most %d per connection (each pattern counts, and so does each topic it delivers)", have, fresh, max))
+		}
+		// The ack goes first, before any join of this message can be
+		// made (Deliver makes waiting joins too).
 		s.push(Message{Type: protocol.TypeAck, JSON: protocol.EncodeAck(msg.ID, res.Topics)})
+		if !s.released {
+			for _, p := range patterns {
+				s.patterns[p] = interval
+				delete(s.subs.full, p)
+			}
+			for i, name := range names {
+				req := &joinReq{name: name, t: exact[i], interval: interval, cur: cursorOf(msg.Resume, name), named: true}
+				if req.t != nil {
+					s.queueLocked(req)
+					continue
+				}
+				if s.subs.pending == nil {
+					s.subs.pending = make(map[string]*joinReq)
+				}
+				s.subs.pending[name] = req
+				pending = append(pending, req)
+			}
+			for _, t := range matched {
+				if s.subs.pending[t.name] == nil { // else its creation joins it
+					s.queueLocked(&joinReq{name: t.name, t: t, interval: interval, cur: cursorOf(msg.Resume, t.name)})
+				}
+			}
+		}
+		s.subMu.Unlock()
 	}
+
+	if len(patterns) > 0 || len(pending) > 0 {
+		// From here on new topics join s when they are created; the ones
+		// created since the scan, and the pending names created since
+		// their lookup, are joined here.
+		tail, late := s.bus.register(s, len(all), patterns, interval, pending, msg.Resume, named)
+		if len(tail) > 0 || len(late) > 0 {
+			var full []string
+			s.subMu.Lock()
+			for _, req := range late {
+				if s.subs.pending[req.name] == req {
+					s.queueLocked(req)
+				}
+			}
+			for _, t := range tail {
+				if named[t.name] || !matchesAny(t.name, patterns) || s.subs.pending[t.name] != nil {
+					continue
+				}
+				p, _, ok := s.patternForLocked(t.name, "")
+				if !ok {
+					continue // unsubscribed meanwhile
+				}
+				if !s.holdsLocked(t.name) && s.atLimitLocked() {
+					if !s.subs.full[p] {
+						s.markFullLocked(p)
+						full = append(full, p)
+					}
+					continue
+				}
+				s.queueLocked(&joinReq{name: t.name, t: t, interval: interval, cur: cursorOf(msg.Resume, t.name)})
+			}
+			s.subMu.Unlock()
+			for _, p := range full {
+				s.sendFull(p)
+			}
+		}
+	}
+
 	var first error
 	for _, e := range res.Errors {
 		s.sendError(e)
@@ -151,51 +347,121 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 			first = res.Errors[0]
 		}
 	}
-	named := make(map[string]bool, len(exact))
-	for _, t := range exact {
-		s.join(t, interval, msg.Resume, true)
-		named[t.name] = true
-	}
-	for _, p := range patterns {
-		// A topic named in this message is already joined (and resumed):
-		// joining it again through the pattern would replay it twice.
-		s.bus.subscribePattern(s, p, interval, msg.Resume, named)
-	}
+	s.pumpJoins()
 	return res, first
 }
 
-// join (re)subscribes s to t, replacing an earlier subscription: the
-// newest subscribe's throttle wins. A topic once named stays named when a
-// pattern re-joins it, so that dropping the pattern keeps it.
-func (s *Subscriber) join(t *topic, interval time.Duration, resume map[string]protocol.Cursor, named bool) {
-	s.subMu.Lock()
-	if old := s.members[t.name]; old != nil && old.named {
-		named = true
+func (s *Subscriber) markFullLocked(p string) {
+	if s.subs.full == nil {
+		s.subs.full = make(map[string]bool)
 	}
-	s.subMu.Unlock()
-	s.drop(t.name)
-	var cur *protocol.Cursor
-	if c, ok := resume[t.name]; ok {
-		cur = &c
-	}
-	s.keep(t.join(s, interval, cur, named))
+	s.subs.full[p] = true
 }
 
-// keep records a new membership. If the subscriber was released in the
-// meantime, or a concurrent join of the same topic got there first, the
-// membership that is not kept leaves its group.
-func (s *Subscriber) keep(m *membership) {
-	s.subMu.Lock()
-	drop := m
-	if !s.released {
-		drop = s.members[m.topic.name]
-		s.members[m.topic.name] = m
+// sendFull tells the client that pattern prefix* stopped expanding.
+func (s *Subscriber) sendFull(prefix string) {
+	s.sendError(&protocol.Error{Code: protocol.CodeTooManyTopics, Message: fmt.Sprintf(
+		"pattern %q stopped expanding: this connection holds %d topics and patterns, the most allowed; new topics it matches are not delivered until you unsubscribe some and subscribe to it again",
+		prefix+"*", s.bus.cfg.MaxTopicsPerSubscriber)})
+}
+
+// pushStaleCursor answers a resume cursor of a topic that has no tick yet:
+// nothing of it can be replayed, so a cursor of another epoch gets reset
+// epoch_change and one past seq 0 gets reset bad_cursor. Its first tick
+// then comes as an update.
+func (s *Subscriber) pushStaleCursor(name string, cur protocol.Cursor) {
+	reason := ""
+	switch {
+	case cur.Epoch != s.bus.cfg.Epoch:
+		reason = protocol.ResetEpoch
+	case cur.Seq > 0:
+		reason = protocol.ResetBadCursor
+	default:
+		return // at seq 0 of this epoch: nothing is missed
 	}
-	s.subMu.Unlock()
-	if drop != nil {
-		drop.topic.mu.Lock()
-		drop.topic.remove(drop)
-		drop.topic.mu.Unlock()
+	s.push(Message{Type: protocol.TypeReset, Topic: name, JSON: protocol.EncodeReset(name, reason)})
+}
+
+// pumpJoins makes the joins waiting on s while its queue is under half
+// of MaxPendingBytes, so that the snapshots (or replays) of a subscribe to
+// thousands of topics go out as the client reads them, instead of passing
+// the hard bound at once. Deliver calls it after every write.
+func (s *Subscriber) pumpJoins() {
+	room := s.bus.cfg.MaxPendingBytes / 2
+	for {
+		select {
+		case <-s.done:
+			return
+		default:
+		}
+		s.subMu.Lock()
+		if len(s.subs.order) == 0 {
+			s.subMu.Unlock()
+			return
+		}
+		s.subMu.Unlock()
+		if s.PendingBytes() >= room {
+			return
+		}
+		s.subMu.Lock()
+		var req *joinReq
+		for req == nil && len(s.subs.order) > 0 {
+			req = s.subs.waiting[s.subs.order[0]]
+			s.subs.order[0] = ""
+			s.subs.order = s.subs.order[1:]
+		}
+		if len(s.subs.order) == 0 {
+			s.subs.order = nil
+		}
+		s.subMu.Unlock()
+		if req == nil {
+			return
+		}
+		req.t.join(s, req.cur, func(m *membership) (*membership, time.Duration, bool) {
+			if s.released || s.subs.waiting[req.name] != req {
+				return nil, 0, false // unsubscribed, or subscribed again since
+			}
+			delete(s.subs.waiting, req.name)
+			old := s.members[req.name]
+			m.named = req.named || old != nil && old.named
+			s.members[req.name] = m
+			return old, req.interval, true
+		})
+	}
+}
+
+// joinCreated joins s to a topic being created (called by Bus.topicFor
+// with t.mu held, before the topic's first tick, so no snapshot is
+// needed), if s still wants it: a pending named subscription, or a pattern
+// while the connection is under its limit.
+func (s *Subscriber) joinCreated(t *topic, j newJoin) {
+	full := ""
+	t.joinLocked(s, nil, func(m *membership) (*membership, time.Duration, bool) {
+		if s.released {
+			return nil, 0, false
+		}
+		if j.req != nil && s.subs.pending[t.name] == j.req {
+			delete(s.subs.pending, t.name)
+			m.named = true
+			s.members[t.name] = m
+			return nil, j.req.interval, true
+		}
+		p, interval, ok := s.patternForLocked(t.name, j.prefix)
+		if !ok || s.members[t.name] != nil {
+			return nil, 0, false
+		}
+		if s.atLimitLocked() {
+			if !s.subs.full[p] {
+				s.markFullLocked(p)
+				full = p
+			}
+			return nil, 0, false
+		}
+		s.members[t.name] = m
+		return nil, interval, true
+	})
+	if full != "" {
+		s.sendFull(full)
 	}
 }
 
@@ -219,6 +485,51 @@ func (s *Subscriber) leave(name string, exact bool) {
 	s.subMu.Unlock()
 	if !keep {
 		s.drop(name)
+	}
+}
+
+// unsubscribeName drops the subscription to a topic named by the client,
+// whether it is in effect, waiting for room or waiting for the topic's
+// first tick, unless a pattern still asks for it.
+func (s *Subscriber) unsubscribeName(name string) {
+	s.subMu.Lock()
+	req := s.subs.pending[name]
+	delete(s.subs.pending, name)
+	if w := s.subs.waiting[name]; w != nil {
+		if _, _, ok := s.patternForLocked(name, ""); ok {
+			w.named = false
+		} else {
+			delete(s.subs.waiting, name)
+		}
+	}
+	s.subMu.Unlock()
+	if req != nil {
+		s.bus.unregisterPending(s, req)
+	}
+	s.leave(name, true)
+}
+
+// unsubscribePattern drops pattern prefix*: the topics it delivers (or is
+// about to) that nothing else asks for are dropped.
+func (s *Subscriber) unsubscribePattern(prefix string) {
+	s.bus.unregisterPattern(s, prefix)
+	s.subMu.Lock()
+	delete(s.patterns, prefix)
+	delete(s.subs.full, prefix)
+	for name, w := range s.subs.waiting {
+		if _, _, ok := s.patternForLocked(name, ""); !w.named && !ok {
+			delete(s.subs.waiting, name)
+		}
+	}
+	var names []string
+	for name := range s.members {
+		if strings.HasPrefix(name, prefix) {
+			names = append(names, name)
+		}
+	}
+	s.subMu.Unlock()
+	for _, name := range names {
+		s.leave(name, false)
 	}
 }
 
@@ -247,10 +558,10 @@ func (s *Subscriber) unsubscribe(msg protocol.Op) (Result, error) {
 		}
 		res.Topics = append(res.Topics, name)
 		if p, ok := protocol.Pattern(name); ok {
-			s.bus.unsubscribePattern(s, p)
+			s.unsubscribePattern(p)
 			continue
 		}
-		s.leave(name, true)
+		s.unsubscribeName(name)
 	}
 	if len(res.Errors) > 0 {
 		s.spendErrorBudget()

@@ -63,6 +63,8 @@ type Subscriber struct {
 	patterns map[string]time.Duration
 	errLevel float64 // protocol-error budget spent, leaks 1 per second
 	errAt    time.Time
+
+	subs subState // subscriptions not yet in effect (subscribe.go); guarded by subMu
 }
 
 // Session is the subscriber's session id, as sent in welcome.
@@ -349,6 +351,7 @@ func (s *Subscriber) Deliver(ctx context.Context, t Transport) error {
 		}
 		s.wrote(batch, time.Since(start))
 		clear(batch)
+		s.pumpJoins() // the client took that: queue more of a big subscribe
 		// While lagging, writes are paced; a pace with nothing to write
 		// counts as a quick write, so that a client that has drained
 		// everything is told it caught up even when no more ticks come.

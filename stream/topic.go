@@ -267,12 +267,40 @@ func (g *group) hasJoiners() bool {
 	return false
 }
 
-// join subscribes s to t at interval. With a cursor it replays from
-// history, or sends reset + snapshot; without, a snapshot. Called with
-// t.mu unlocked; the caller records the membership.
-func (t *topic) join(s *Subscriber, interval time.Duration, cur *protocol.Cursor, named bool) *membership {
+// joinCommit records a new membership in its subscriber; it is called by
+// joinLocked with topic.mu and Subscriber.subMu held. It returns whether
+// the join is still wanted, the subscription's interval, and the
+// membership it replaces (of the same topic), if any. When it returns
+// false, nothing is joined and nothing is sent.
+type joinCommit func(m *membership) (old *membership, interval time.Duration, ok bool)
+
+// join is joinLocked with t.mu taken.
+func (t *topic) join(s *Subscriber, cur *protocol.Cursor, commit joinCommit) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.joinLocked(s, cur, commit)
+}
+
+// joinLocked subscribes s to t. With a cursor it replays from history, or
+// sends reset + snapshot; without, a snapshot (none for a topic that has
+// no tick yet: its first update carries all). The membership is recorded
+// (commit) and the old one it replaces leaves its group under the same
+// lock, so no tick falls between them and an unsubscribe that sees the
+// new membership finds it in its group. Called with t.mu held.
+func (t *topic) joinLocked(s *Subscriber, cur *protocol.Cursor, commit joinCommit) bool {
+	if h := t.bus.testHookJoin; h != nil {
+		h(t.name, s)
+	}
+	m := &membership{sub: s, topic: t, index: -1}
+	s.subMu.Lock()
+	old, interval, ok := commit(m)
+	s.subMu.Unlock()
+	if !ok {
+		return false
+	}
+	if old != nil {
+		t.remove(old)
+	}
 	epoch := t.bus.cfg.Epoch
 	switch {
 	case cur == nil:
@@ -295,7 +323,7 @@ func (t *topic) join(s *Subscriber, interval time.Duration, cur *protocol.Cursor
 		g = &group{topic: t, interval: interval}
 		t.groups[interval] = g
 	}
-	m := &membership{sub: s, topic: t, group: g, index: -1, named: named}
+	m.group = g
 	if !g.win.empty() || len(g.instant) > 0 {
 		var j *joinWindow
 		if n := len(g.joins); n > 0 && g.joins[n-1].afterSeq == t.seq {
@@ -310,7 +338,7 @@ func (t *topic) join(s *Subscriber, interval time.Duration, cur *protocol.Cursor
 		m.index = len(g.members)
 		g.members = append(g.members, m)
 	}
-	return m
+	return true
 }
 
 // oldestSeq is the seq of the oldest kept tick (seq+1 when none is kept).

@@ -32,7 +32,7 @@ type Settings struct {
 	MaxPendingBytes   int     `yaml:"max_pending_bytes" help:"outbound queue per client past which it is stepped down" default:"1048576" min:"1024" max:"1073741824"`
 	LagThrottleMS     int     `yaml:"lag_throttle_ms" help:"effective throttle of a stepped-down client" default:"2000" min:"10" max:"60000"`
 	WriteTimeoutMS    int     `yaml:"write_timeout_ms" help:"write deadline; a client stuck past it is closed with 1013" default:"10000" min:"100" max:"600000"`
-	MaxTopicsPerConn  int     `yaml:"max_topics_per_conn" help:"topics and patterns per connection" default:"1000" min:"1" max:"1000000"`
+	MaxTopicsPerConn  int     `yaml:"max_topics_per_conn" help:"topics held per connection (a pattern counts one plus each topic it delivers)" default:"1000" min:"1" max:"1000000"`
 	MaxFrameBytes     int     `yaml:"max_frame_bytes" help:"largest client message" default:"65536" min:"256" max:"1048576"`
 	RetryMS           int     `yaml:"retry_ms" help:"base of the jittered reconnect hint in close frames and SSE retry:" default:"1000" min:"100" max:"600000"`
 	AcceptRate        float64 `yaml:"accept_rate" help:"new /ws and /sse connections per second (token bucket)" default:"200" min:"1" max:"1000000"`

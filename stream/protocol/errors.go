@@ -31,7 +31,7 @@ const (
 	CodeUnknownOp     = "unknown_op"      // op is missing or not known
 	CodeBadTopic      = "bad_topic"       // a topic or pattern is malformed
 	CodeTooManyTopics = "too_many_topics" // over the per-connection limit
-	CodeUnknownTopic  = "unknown_topic"   // no such topic (yet)
+	CodeUnknownTopic  = "unknown_topic"   // no such topic: HTTP API only (a subscribe accepts a topic with no tick yet)
 	CodeBadThrottle   = "bad_throttle"    // throttle_ms out of range
 	CodeBadResume     = "bad_resume"      // resume is malformed
 	CodeBadID         = "bad_id"          // id is not a number or string

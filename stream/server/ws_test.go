@@ -349,7 +349,6 @@ func TestWSBadInput(t *testing.T) {
 		{"bad topic", `{"op":"subscribe","id":4,"topics":["bad topic!"]}`, protocol.CodeBadTopic, "4"},
 		{"too many topics", `{"op":"subscribe","id":5,"topics":["a","b","c","d"]}`, protocol.CodeTooManyTopics, "5"},
 		{"bad throttle", `{"op":"subscribe","id":6,"topics":["T"],"throttle_ms":-1}`, protocol.CodeBadThrottle, "6"},
-		{"unknown topic", `{"op":"subscribe","id":7,"topics":["nope"]}`, protocol.CodeUnknownTopic, "7"},
 		{"frame too large", big, protocol.CodeFrameTooLarge, ""},
 	}
 	for _, tt := range tests { // in order, on one connection
