@@ -695,7 +695,7 @@ func TestHardBoundCloses(t *testing.T) {
 }
 
 // TestLaggingEnds: once the transport writes quickly again the
-// subscriber is told lagging:false after catchUpWrites quick paces, and
+// subscriber is told lagging:false at the first quick paced write, and
 // nothing was lost on the way.
 func TestLaggingEnds(t *testing.T) {
 	t.Parallel()

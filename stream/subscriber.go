@@ -51,7 +51,6 @@ type Subscriber struct {
 	pending   int            // bytes queued
 	mergeable map[string]int // topic → queue index of its mergeable update, while lagging
 	lagging   bool
-	quick     int // consecutive quick, small writes while lagging
 	closed    bool
 	reason    error
 	ready     chan struct{} // cap 1: output is pending
@@ -172,7 +171,6 @@ func (q *queued) merge(u *Update) {
 // and the client is told its effective throttle.
 func (s *Subscriber) stepDownLocked() {
 	s.lagging = true
-	s.quick = 0
 	s.bus.metrics.lagging.Add(1)
 	s.bus.metrics.stepDowns.Inc()
 	if s.mergeable == nil {
@@ -268,13 +266,24 @@ func (s *Subscriber) drain(dst []Message) []Message {
 	return dst
 }
 
-// Lagging ends after this many consecutive paced writes that were quick and
-// small: the client reads again as fast as we write.
-const catchUpWrites = 3
+// Catching up. While lagging, a subscriber is written at most once per
+// BusConfig.LagThrottle (a pace). It has caught up, and is told
+// "lagging":false, as soon as
+//   - a pace ends with nothing queued (everything was written and no
+//     update came meanwhile), or
+//   - a paced write (the first write after a pace) was quick and small:
+//     the socket took it at once, so the client reads as fast as we write.
+//
+// So the flag clears at most one LagThrottle after the queue drained,
+// whether or not ticks still come. The write that carries the step-down
+// itself is not paced and never counts.
 
-// wrote records a finished write and decides whether a lagging client has
-// caught up.
-func (s *Subscriber) wrote(batch []Message, took time.Duration) {
+// quickWrite is how long a paced write may take to count as quick.
+const quickWrite = 100 * time.Millisecond
+
+// wrote records a finished write; a paced write that was quick and small
+// ends lagging.
+func (s *Subscriber) wrote(batch []Message, took time.Duration, paced bool) {
 	size := 0
 	now := s.bus.cfg.Now()
 	for _, m := range batch {
@@ -288,48 +297,40 @@ func (s *Subscriber) wrote(batch []Message, took time.Duration) {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.lagging || s.closed {
-		return
+	if s.lagging && !s.closed && paced && took < quickWrite && size < s.bus.cfg.MaxPendingBytes/4 {
+		s.catchUpLocked()
 	}
-	if took < 100*time.Millisecond && size < s.bus.cfg.MaxPendingBytes/4 {
-		s.quick++
-	} else {
-		s.quick = 0
-	}
-	s.catchUpLocked()
 }
 
-// idlePace records a pace after which nothing was queued, and reports
-// whether the subscriber is still lagging with nothing to write.
-func (s *Subscriber) idlePace() bool {
+// paceEnded ends lagging if nothing was queued during the pace. It
+// reports whether the subscriber is still lagging: the next write is
+// then a paced one.
+func (s *Subscriber) paceEnded() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.lagging || s.closed || len(s.queue) > 0 {
-		return false
+	if s.lagging && !s.closed && len(s.queue) == 0 {
+		s.catchUpLocked()
 	}
-	s.quick++
-	s.catchUpLocked()
 	return s.lagging
 }
 
-// catchUpLocked ends lagging after catchUpWrites quick writes in a row.
+// catchUpLocked ends lagging and queues the status that says so.
 func (s *Subscriber) catchUpLocked() {
-	if s.quick >= catchUpWrites {
-		s.lagging = false
-		s.bus.metrics.lagging.Add(-1)
-		clear(s.mergeable)
-		st := protocol.EncodeStatus(false, 0)
-		s.queue = append(s.queue, queued{Message: Message{Type: protocol.TypeStatus, JSON: st}})
-		s.pending += len(st)
-		s.signal()
-	}
+	s.lagging = false
+	s.bus.metrics.lagging.Add(-1)
+	clear(s.mergeable)
+	st := protocol.EncodeStatus(false, 0)
+	s.queue = append(s.queue, queued{Message: Message{Type: protocol.TypeStatus, JSON: st}})
+	s.pending += len(st)
+	s.signal()
 }
 
 // Deliver writes the subscriber's messages to t until the subscriber is
 // closed (it returns the close reason, a *protocol.Disconnect, or ErrClientGone
 // when Close had no reason), t fails (its error)
 // or ctx ends. While lagging, writes are paced at BusConfig.LagThrottle so
-// that updates merge in between.
+// that updates merge in between (see wrote and paceEnded for when lagging
+// ends).
 func (s *Subscriber) Deliver(ctx context.Context, t Transport) error {
 	hb := time.NewTicker(s.bus.cfg.Heartbeat)
 	defer hb.Stop()
@@ -337,6 +338,7 @@ func (s *Subscriber) Deliver(ctx context.Context, t Transport) error {
 	pace.Stop()
 	defer pace.Stop()
 	var batch []Message
+	paced := false // the next write comes after a pace
 	for {
 		if err := waitFor(ctx, s, t, hb, s.ready); err != nil {
 			return err
@@ -349,20 +351,20 @@ func (s *Subscriber) Deliver(ctx context.Context, t Transport) error {
 		if err := t.WriteBatch(batch); err != nil {
 			return err
 		}
-		s.wrote(batch, time.Since(start))
+		s.wrote(batch, time.Since(start), paced)
 		clear(batch)
 		s.pumpJoins() // the client took that: queue more of a big subscribe
-		// While lagging, writes are paced; a pace with nothing to write
-		// counts as a quick write, so that a client that has drained
-		// everything is told it caught up even when no more ticks come.
-		for s.Lagging() {
+		paced = false
+		if s.Lagging() {
+			// Whatever is queued meanwhile waits (and merges) until the
+			// pace ends; a pace that ends with nothing queued ends
+			// lagging, so a client that has drained everything is told
+			// it caught up even when no more ticks come.
 			pace.Reset(s.bus.cfg.LagThrottle)
 			if err := waitFor(ctx, s, t, hb, pace.C); err != nil {
 				return err
 			}
-			if !s.idlePace() {
-				break
-			}
+			paced = s.paceEnded()
 		}
 	}
 }
