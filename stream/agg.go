@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"sync"
 	"time"
 
 	"github.com/tickstream/tickstream/feeds/tick"
@@ -90,9 +91,24 @@ type Update struct {
 	json     []byte
 }
 
+// encodeBufs lends scratch buffers to encoded. Appending to nil would
+// grow the bytes four or five times; encoding into scratch and copying
+// out at the exact size is one allocation, and the shared bytes hold no
+// spare capacity.
+var encodeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// encodeBufKeep is the largest scratch buffer given back to encodeBufs.
+const encodeBufKeep = 64 << 10
+
 // encoded fills in the wire encoding before u is shared, and returns u.
 func (u *Update) encoded() *Update {
-	u.json = protocol.AppendUpdate(nil, u.Topic, u.Epoch, u.Seq, u.TS, u.Data, &u.Agg)
+	bp := encodeBufs.Get().(*[]byte)
+	b := protocol.AppendUpdate((*bp)[:0], u.Topic, u.Epoch, u.Seq, u.TS, u.Data, &u.Agg)
+	u.json = append(make([]byte, 0, len(b)), b...)
+	if cap(b) <= encodeBufKeep {
+		*bp = b
+		encodeBufs.Put(bp)
+	}
 	return u
 }
 

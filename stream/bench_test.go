@@ -196,3 +196,18 @@ func BenchmarkPublishWhilePatternSubscribes(b *testing.B) {
 	close(stop)
 	<-done
 }
+
+// BenchmarkUpdateEncoded is the production path: a window's update encoded
+// once into its own shared bytes ((*Update).encoded).
+func BenchmarkUpdateEncoded(b *testing.B) {
+	tk := benchTick("BTC-USD", 1)
+	var w window
+	w.fold(&tk, 1, time.Now())
+	u := w.take("BTC-USD", "e1")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		u.encoded()
+	}
+	b.SetBytes(int64(len(u.json)))
+}

@@ -39,7 +39,9 @@ type BusConfig struct {
 	// for its first tick, and every pattern. Zero value means 1000.
 	MaxTopicsPerSubscriber int
 	// MaxPendingBytes is the outbound queue size past which a subscriber
-	// steps down; four times it closes the subscriber. One MiB holds
+	// steps down; four times it closes the subscriber. The queue and the
+	// batch being written count each message's encoded bytes plus a fixed
+	// overhead for its slots (see Subscriber.PendingBytes). One MiB holds
 	// several seconds of a busy dashboard, so a client that is only
 	// briefly slow is never stepped down. Zero value means 1 MiB.
 	MaxPendingBytes int

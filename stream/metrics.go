@@ -73,7 +73,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 				Name: "tickstream_topics", Help: "Topics known to the bus.",
 			}, func() float64 { return float64(m.topics.Load()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Name: "tickstream_pending_bytes", Help: "Encoded bytes waiting on all client queues.",
+				Name: "tickstream_pending_bytes", Help: "What all client queues hold, batches being written included: encoded bytes plus a fixed overhead per message.",
 			}, func() float64 {
 				if f := m.pending.Load(); f != nil {
 					return (*f)()

@@ -42,7 +42,7 @@ tickstream_connections{transport="sse"} 1
 # HELP tickstream_lagging_clients Clients currently stepped down for being slow.
 # TYPE tickstream_lagging_clients gauge
 tickstream_lagging_clients 0
-# HELP tickstream_pending_bytes Encoded bytes waiting on all client queues.
+# HELP tickstream_pending_bytes What all client queues hold, batches being written included: encoded bytes plus a fixed overhead per message.
 # TYPE tickstream_pending_bytes gauge
 tickstream_pending_bytes %d
 # HELP tickstream_ticks_refused_total Ticks refused as invalid, by feed.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tickstream/tickstream/stream/protocol"
@@ -27,6 +28,19 @@ type queued struct {
 	private bool    // upd is this subscriber's own merged copy, not yet encoded
 }
 
+// entryOverhead is what one queued message costs besides its JSON: its
+// slot on the queue and its slot in the batch Deliver hands to the
+// transport (224 bytes on 64-bit). The pending bytes count it, so that a
+// flood of small messages (pongs) is bounded by what it costs, not by its
+// few bytes of JSON.
+const entryOverhead = int(unsafe.Sizeof(queued{}) + unsafe.Sizeof(Message{}))
+
+// keepEntries is the most slots a queue or batch slice keeps for reuse
+// once drained (about 14 KiB for both); a burst's bigger slices go back
+// to the garbage collector, so that an idle connection does not keep
+// them.
+const keepEntries = 64
+
 // Transport writes a subscriber's messages to one connection.
 type Transport interface {
 	// WriteBatch writes msgs in as few writes as it can (one frame, one
@@ -48,7 +62,8 @@ type Subscriber struct {
 	mu        sync.Mutex
 	queue     []queued
 	spare     []queued
-	pending   int            // bytes queued
+	pending   int            // accounted bytes queued: JSON + entryOverhead each
+	inflight  int            // accounted bytes of the batch being written
 	mergeable map[string]int // topic → queue index of its mergeable update, while lagging
 	lagging   bool
 	closed    bool
@@ -86,11 +101,14 @@ func (s *Subscriber) Lagging() bool {
 	return s.lagging
 }
 
-// PendingBytes is how many encoded bytes wait on the queue.
+// PendingBytes is what the subscriber's outbound messages cost: the queue
+// and the batch being written, each message counted as its encoded bytes
+// plus a fixed per-entry overhead. Past BusConfig.MaxPendingBytes the
+// subscriber steps down; past four times that it is closed.
 func (s *Subscriber) PendingBytes() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.pending
+	return s.pending + s.inflight
 }
 
 func (s *Subscriber) signal() {
@@ -111,7 +129,7 @@ func (s *Subscriber) push(m Message) {
 		return
 	}
 	s.queue = append(s.queue, queued{Message: m})
-	s.pending += len(m.JSON)
+	s.pending += len(m.JSON) + entryOverhead
 	if m.Topic != "" {
 		// A snapshot or reset is a barrier: later updates of the topic
 		// must not merge into ones queued before it.
@@ -140,8 +158,8 @@ func (s *Subscriber) pushUpdate(u *Update) {
 		s.mergeable[u.Topic] = len(s.queue)
 	}
 	s.queue = append(s.queue, queued{Message: updateMessage(u), upd: u})
-	s.pending += len(u.json)
-	if !s.lagging && s.pending > s.bus.cfg.MaxPendingBytes {
+	s.pending += len(u.json) + entryOverhead
+	if !s.lagging && s.pending+s.inflight > s.bus.cfg.MaxPendingBytes {
 		s.stepDownLocked()
 	}
 	s.checkHardLimitLocked()
@@ -191,11 +209,11 @@ func (s *Subscriber) stepDownLocked() {
 			delete(s.mergeable, q.Topic)
 		}
 		s.queue = append(s.queue, q)
-		s.pending += len(q.upd.jsonOr(q.JSON))
+		s.pending += len(q.upd.jsonOr(q.JSON)) + entryOverhead
 	}
 	st := protocol.EncodeStatus(true, s.bus.cfg.LagThrottle.Milliseconds())
 	s.queue = append(s.queue, queued{Message: Message{Type: protocol.TypeStatus, JSON: st}})
-	s.pending += len(st)
+	s.pending += len(st) + entryOverhead
 }
 
 // jsonOr returns the update's bytes, or b for a nil update.
@@ -206,10 +224,11 @@ func (u *Update) jsonOr(b []byte) []byte {
 	return u.json
 }
 
-// checkHardLimitLocked closes a subscriber whose queue is still over four
-// times the bound after merging: it cannot be kept at bounded memory.
+// checkHardLimitLocked closes a subscriber whose queue and batch in flight
+// still cost over four times the bound after merging: it cannot be kept at
+// bounded memory.
 func (s *Subscriber) checkHardLimitLocked() {
-	if s.pending > 4*s.bus.cfg.MaxPendingBytes {
+	if s.pending+s.inflight > 4*s.bus.cfg.MaxPendingBytes {
 		s.bus.metrics.slowCloses.Inc()
 		s.closeLocked(protocol.DisconnectSlow)
 	}
@@ -225,7 +244,7 @@ func (s *Subscriber) closeLocked(reason error) {
 	s.closed = true
 	s.reason = reason
 	clear(s.queue)
-	s.queue, s.spare, s.pending, s.mergeable = nil, nil, 0, nil
+	s.queue, s.spare, s.pending, s.inflight, s.mergeable = nil, nil, 0, 0, nil
 	if s.lagging {
 		s.lagging = false
 		s.bus.metrics.lagging.Add(-1)
@@ -242,12 +261,13 @@ func (s *Subscriber) Close(reason error) {
 	s.bus.release(s)
 }
 
-// drain moves the queued messages to dst.
+// drain moves the queued messages to dst. Their cost stays counted (as
+// in flight) until wrote.
 func (s *Subscriber) drain(dst []Message) []Message {
 	s.mu.Lock()
 	q := s.queue
 	s.queue, s.spare = s.spare[:0], nil
-	s.pending = 0
+	s.inflight, s.pending = s.pending, 0
 	clear(s.mergeable)
 	s.mu.Unlock()
 	for i := range q {
@@ -259,7 +279,7 @@ func (s *Subscriber) drain(dst []Message) []Message {
 	}
 	clear(q)
 	s.mu.Lock()
-	if s.spare == nil && !s.closed {
+	if s.spare == nil && !s.closed && cap(q) <= keepEntries {
 		s.spare = q[:0]
 	}
 	s.mu.Unlock()
@@ -297,6 +317,7 @@ func (s *Subscriber) wrote(batch []Message, took time.Duration, paced bool) {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.inflight = 0
 	if s.lagging && !s.closed && paced && took < quickWrite && size < s.bus.cfg.MaxPendingBytes/4 {
 		s.catchUpLocked()
 	}
@@ -321,7 +342,7 @@ func (s *Subscriber) catchUpLocked() {
 	clear(s.mergeable)
 	st := protocol.EncodeStatus(false, 0)
 	s.queue = append(s.queue, queued{Message: Message{Type: protocol.TypeStatus, JSON: st}})
-	s.pending += len(st)
+	s.pending += len(st) + entryOverhead
 	s.signal()
 }
 
@@ -353,6 +374,9 @@ func (s *Subscriber) Deliver(ctx context.Context, t Transport) error {
 		}
 		s.wrote(batch, time.Since(start), paced)
 		clear(batch)
+		if cap(batch) > keepEntries {
+			batch = nil // a burst's batch is not kept
+		}
 		s.pumpJoins() // the client took that: queue more of a big subscribe
 		paced = false
 		if s.Lagging() {

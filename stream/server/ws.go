@@ -25,6 +25,21 @@ const wsReadLimit = 1 << 20
 // so idle connections hold none.
 var wsBufferPool sync.Pool
 
+// wsWriteBufferBytes is the size of a lent write buffer: a batch up to it
+// goes out as one frame in one write on the socket. A bigger batch goes
+// out as one message in frames of this size, one write each. (The
+// library writes a frame bigger than its buffer as two writes, the
+// buffer and the rest: fasthttp's hijacked connection has no writev.)
+// Only a connection in the middle of a write holds one, so this is also
+// the most a client stuck past its write deadline pins besides its queue.
+const wsWriteBufferBytes = 64 << 10
+
+// wsReadBufferBytes is the WebSocket reader's buffer. fasthttp's own
+// 4 KiB connection reader already sits beneath it and batches the
+// socket reads, so this one only needs to hold a frame header and a
+// control frame's payload (125 bytes).
+const wsReadBufferBytes = 256
+
 func (s *Server) wsUpgrade(c *fiber.Ctx) error {
 	if !websocket.IsWebSocketUpgrade(c) {
 		return apiError(c, fiber.StatusUpgradeRequired, "upgrade_required", "GET /ws must be a WebSocket upgrade; use /sse for plain HTTP")
@@ -41,41 +56,42 @@ func (s *Server) wsUpgrade(c *fiber.Ctx) error {
 func (s *Server) initWS() {
 	s.wsHandler = websocket.New(s.serveWS, websocket.Config{
 		HandshakeTimeout: 10 * time.Second,
-		ReadBufferSize:   4096,
-		WriteBufferSize:  4096,
+		ReadBufferSize:   wsReadBufferBytes,
+		WriteBufferSize:  wsWriteBufferBytes,
 		WriteBufferPool:  &wsBufferPool,
 	})
 }
 
-// wsTransport writes a subscriber's batches as one text frame each.
+// wsTransport writes a subscriber's batches as one text message each,
+// messages separated by '\n'. The batch is copied straight into the
+// library's lent write buffer (no buffer of our own), so a batch up to
+// wsWriteBufferBytes is one frame and one write.
 type wsTransport struct {
 	conn    *fastws.Conn
 	timeout time.Duration
-	buf     []byte
 }
 
-// Batches bigger than this are not kept for reuse, so that one burst does
-// not pin memory to an idle connection.
-const keepBufferBytes = 64 << 10
+var newline = []byte{'\n'}
 
 func (t *wsTransport) WriteBatch(msgs []stream.Message) error {
-	buf := t.buf[:0]
-	for i, m := range msgs {
-		if i > 0 {
-			buf = append(buf, '\n')
-		}
-		buf = append(buf, m.JSON...)
-	}
 	if err := t.conn.SetWriteDeadline(time.Now().Add(t.timeout)); err != nil {
 		return err
 	}
-	err := t.conn.WriteMessage(fastws.TextMessage, buf)
-	if cap(buf) <= keepBufferBytes {
-		t.buf = buf[:0]
-	} else {
-		t.buf = nil
+	w, err := t.conn.NextWriter(fastws.TextMessage)
+	if err != nil {
+		return err
 	}
-	return err
+	for i, m := range msgs {
+		if i > 0 {
+			if _, err := w.Write(newline); err != nil {
+				return err
+			}
+		}
+		if _, err := w.Write(m.JSON); err != nil {
+			return err
+		}
+	}
+	return w.Close()
 }
 
 func (t *wsTransport) Heartbeat() error {
