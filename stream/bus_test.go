@@ -600,6 +600,15 @@ func TestStepDownNeverDrained(t *testing.T) {
 	}
 	s := newTestSub(t, b)
 	mustHandle(t, s, `{"op":"subscribe","topics":["S1","S2","S3"],"throttle_ms":0}`)
+	// Snapshots of a subscribe are paced by the queue: write them first.
+	var ws []wireMsg
+	for range 10 {
+		ws = append(ws, decodeAll(t, drainAll(s))...)
+		if len(ofType(ws, protocol.TypeSnapshot)) == len(topics) {
+			break
+		}
+		s.pumpJoins()
+	}
 	for i := range 3000 {
 		log.publish(t, b, randTick(rng, topics[i%3], baseTS+int64(i)))
 		if p := s.PendingBytes(); p > 4*maxPending {
@@ -615,7 +624,7 @@ func TestStepDownNeverDrained(t *testing.T) {
 	if got := testutil.ToFloat64(b.metrics.stepDowns); got != 1 {
 		t.Fatalf("step-downs %v, want 1", got)
 	}
-	ws := decodeAll(t, drainAll(s))
+	ws = append(ws, decodeAll(t, drainAll(s))...)
 	st := ofType(ws, protocol.TypeStatus)
 	if len(st) != 1 || st[0].Lagging == nil || !*st[0].Lagging || st[0].ThrottleMS == nil || *st[0].ThrottleMS != 1500 {
 		t.Fatalf("status messages %+v, want one lagging:true throttle_ms:1500", st)

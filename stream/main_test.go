@@ -346,9 +346,13 @@ func mustHandle(t testing.TB, s *Subscriber, frame string) Result {
 }
 
 // drainAll takes every queued message without a transport.
+// drainAll takes everything queued as a transport would, and reports it
+// written.
 func drainAll(s *Subscriber) []Message {
 	settle(s.bus)
-	return s.drain(nil)
+	batch := s.drain(nil)
+	s.wrote(batch, 0, false)
+	return batch
 }
 
 // settle waits until the instant flusher has fanned out every throttle-0
