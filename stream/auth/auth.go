@@ -406,6 +406,12 @@ func validPattern(p string) bool {
 	return tick.ValidTopic(p)
 }
 
+// Deadline is when a stream holding c must end: its expiry plus the
+// allowed clock skew.
+func (a *Authorizer) Deadline(c *Claims) time.Time {
+	return c.Expiry().Add(a.cfg.Leeway)
+}
+
 // Subject is the sub claim.
 func (c *Claims) Subject() string { return c.RegisteredClaims.Subject }
 
