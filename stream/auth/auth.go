@@ -19,6 +19,7 @@ package auth
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
@@ -51,6 +52,10 @@ const (
 	ReasonNotYetValid = "token_not_yet_valid" // nbf (or iat) is in the future
 	ReasonClaims      = "token_claims"        // exp missing, or read/publish malformed
 )
+
+// MinSecretBytes is the shortest HS256 secret accepted: RFC 7518 asks for
+// a key at least as long as the hash (256 bits).
+const MinSecretBytes = 32
 
 // Error is a refused token.
 type Error struct {
@@ -176,9 +181,12 @@ func (a *Authorizer) load() (*keySet, error) {
 			return nil, err
 		}
 		ks.hs = bytes.TrimSpace(data)
-		if len(ks.hs) == 0 {
-			return nil, fmt.Errorf("auth: %s: the HS256 secret file is empty", f)
-		}
+	}
+	if len(ks.hs) > 0 && len(ks.hs) < MinSecretBytes {
+		return nil, fmt.Errorf("auth: %s: the HS256 secret is %d bytes; want at least %d", cmp.Or(a.cfg.HS256SecretFile, "HS256Secret"), len(ks.hs), MinSecretBytes)
+	}
+	if f := a.cfg.HS256SecretFile; f != "" && len(ks.hs) == 0 {
+		return nil, fmt.Errorf("auth: %s: the HS256 secret file is empty", f)
 	}
 	if f := a.cfg.PublicKeyFile; f != "" {
 		data, err := read(f)

@@ -265,16 +265,16 @@ func TestJWKSReload(t *testing.T) {
 
 func TestHS256SecretFileReload(t *testing.T) {
 	dir := t.TempDir()
-	path := writeFile(t, dir, "secret", []byte("first secret\n"))
+	path := writeFile(t, dir, "secret", []byte("the first secret, thirty-two bytes long\n"))
 	a, err := auth.New(auth.Config{HS256SecretFile: path, ReloadInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Verify(authtest.HS256([]byte("first secret"), claims(time.Hour, nil))); err != nil {
+	if _, err := a.Verify(authtest.HS256([]byte("the first secret, thirty-two bytes long"), claims(time.Hour, nil))); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, dir, "secret", []byte("second secret, longer\n"))
-	if _, err := a.Verify(authtest.HS256([]byte("second secret, longer"), claims(time.Hour, nil))); err != nil {
+	writeFile(t, dir, "secret", []byte("the second secret, also long enough, longer\n"))
+	if _, err := a.Verify(authtest.HS256([]byte("the second secret, also long enough, longer"), claims(time.Hour, nil))); err != nil {
 		t.Fatalf("after rotation: %v", err)
 	}
 }
@@ -282,6 +282,9 @@ func TestHS256SecretFileReload(t *testing.T) {
 func TestNewNeedsAKey(t *testing.T) {
 	if _, err := auth.New(auth.Config{}); err == nil {
 		t.Error("no key: accepted")
+	}
+	if _, err := auth.New(auth.Config{HS256Secret: []byte("short")}); err == nil {
+		t.Error("a 5-byte HS256 secret: accepted")
 	}
 	if _, err := auth.New(auth.Config{JWKSFile: filepath.Join(t.TempDir(), "missing.json")}); err == nil {
 		t.Error("missing JWKS file: accepted")
