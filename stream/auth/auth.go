@@ -49,7 +49,7 @@ const (
 	ReasonAlgorithm   = "token_algorithm"     // alg is none, unknown, or not one this server verifies
 	ReasonSignature   = "token_signature"     // the signature does not verify (forged, or signed with another key)
 	ReasonExpired     = "token_expired"       // exp has passed
-	ReasonNotYetValid = "token_not_yet_valid" // nbf (or iat) is in the future
+	ReasonNotYetValid = "token_not_yet_valid" // nbf is in the future
 	ReasonClaims      = "token_claims"        // exp missing, or read/publish malformed
 )
 

@@ -138,6 +138,11 @@ func TestAuthRefusesBadTokens(t *testing.T) {
 		return c
 	}
 	good := authtest.Sign(jwt.SigningMethodRS256, rsaKey, cl(time.Hour, nil))
+	// A well-behaved client, connected throughout the attack.
+	honest, _ := e.welcomeWS(t, wsOpts{header: http.Header{"Authorization": {"Bearer " + good}}})
+	honest.send(subscribeMsg{Op: "subscribe", ID: 1, Topics: []string{"BTC-USD"}, ThrottleMS: ms(0)})
+	honest.expect(protocol.TypeAck)
+	honest.expect(protocol.TypeSnapshot)
 	cases := []struct{ name, token, reason string }{
 		{"missing", "", auth.ReasonMissing},
 		{"garbage", "garbage", auth.ReasonMalformed},
@@ -189,9 +194,13 @@ func TestAuthRefusesBadTokens(t *testing.T) {
 	if status, _ := e.doAuth(t, http.MethodGet, "/api/history?topic=BTC-USD", good, nil, nil, &hist); status != 200 || len(hist.Ticks) != 1 {
 		t.Errorf("history after the refused publishes: %d, %d ticks, want 1", status, len(hist.Ticks))
 	}
-	// The server stays healthy.
+	// The server stays healthy, and the honest client keeps its stream.
 	if status, _ := e.get("/healthz", nil); status != 200 {
 		t.Errorf("/healthz: %d", status)
+	}
+	e.publish("BTC-USD", 3, f("price", 3))
+	if m := honest.expect(protocol.TypeUpdate); m.Topic != "BTC-USD" || m.Seq != 2 {
+		t.Errorf("honest client got %s, want the update of seq 2", m)
 	}
 }
 
