@@ -54,6 +54,8 @@ type ReadCheck func(topic string) bool
 // forbidden (the rest of the message is carried out), and a pattern only
 // delivers the topics it allows, now and as they are created. nil allows
 // everything (the default). It is safe to call while the subscriber runs.
+// f is called with the subscriber's and a topic's locks held (see doc.go):
+// it must be quick and take no lock of the bus.
 func (s *Subscriber) SetReadCheck(f ReadCheck) {
 	if f == nil {
 		s.readCheck.Store(nil)
