@@ -43,6 +43,33 @@ func (s *Subscriber) Handle(frame []byte) (Result, error) {
 	}
 }
 
+// ReadCheck says whether a subscriber may read a topic. It is also asked
+// about a subscription pattern, as the prefix followed by * ("crypto.*"),
+// and answers whether the pattern may be subscribed at all; the topics the
+// pattern then delivers are each asked about by name.
+type ReadCheck func(topic string) bool
+
+// SetReadCheck sets the subscriber's read check, consulted by every later
+// subscribe: a named topic or pattern it refuses gets an error with code
+// forbidden (the rest of the message is carried out), and a pattern only
+// delivers the topics it allows, now and as they are created. nil allows
+// everything (the default). It is safe to call while the subscriber runs.
+// f is called with the subscriber's and a topic's locks held (see doc.go):
+// it must be quick and take no lock of the bus.
+func (s *Subscriber) SetReadCheck(f ReadCheck) {
+	if f == nil {
+		s.readCheck.Store(nil)
+		return
+	}
+	s.readCheck.Store(&f)
+}
+
+// mayRead applies the read check.
+func (s *Subscriber) mayRead(topic string) bool {
+	f := s.readCheck.Load()
+	return f == nil || (*f)(topic)
+}
+
 // Refuse sends an error message and spends the subscriber's error budget:
 // more than MaxProtocolErrors within a few seconds closes it with
 // protocol.DisconnectPolicy. Transports use it for errors they detect themselves
@@ -216,6 +243,11 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 			res.Errors = append(res.Errors, protocol.BadSub(msg.ID, name))
 			continue
 		}
+		if !s.mayRead(name) {
+			res.Errors = append(res.Errors, &protocol.Error{ID: msg.ID, Code: protocol.CodeForbidden,
+				Message: fmt.Sprintf("%q: this connection's token does not allow reading it", name)})
+			continue
+		}
 		res.Topics = append(res.Topics, name)
 		if p, ok := protocol.Pattern(name); ok {
 			patterns = append(patterns, p)
@@ -232,7 +264,7 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 	if len(patterns) > 0 {
 		all = s.bus.topicList()
 		for _, t := range all {
-			if !named[t.name] && matchesAny(t.name, patterns) {
+			if !named[t.name] && matchesAny(t.name, patterns) && s.mayRead(t.name) {
 				matched = append(matched, t)
 			}
 		}
@@ -314,7 +346,7 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 				}
 			}
 			for _, t := range tail {
-				if named[t.name] || !matchesAny(t.name, patterns) || s.subs.pending[t.name] != nil {
+				if named[t.name] || !matchesAny(t.name, patterns) || s.subs.pending[t.name] != nil || !s.mayRead(t.name) {
 					continue
 				}
 				p, _, ok := s.patternForLocked(t.name, "")
@@ -447,7 +479,7 @@ func (s *Subscriber) joinCreated(t *topic, j newJoin) {
 			return nil, j.req.interval, true
 		}
 		p, interval, ok := s.patternForLocked(t.name, j.prefix)
-		if !ok || s.members[t.name] != nil {
+		if !ok || s.members[t.name] != nil || !s.mayRead(t.name) {
 			return nil, 0, false
 		}
 		if s.atLimitLocked() {

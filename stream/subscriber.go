@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -79,6 +80,8 @@ type Subscriber struct {
 	errAt    time.Time
 
 	subs subState // subscriptions not yet in effect (subscribe.go); guarded by subMu
+
+	readCheck atomic.Pointer[ReadCheck] // nil: every topic may be read (see SetReadCheck)
 }
 
 // Session is the subscriber's session id, as sent in welcome.

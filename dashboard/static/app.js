@@ -70,7 +70,10 @@ const ui = {
 };
 
 const throttle = Number(store.get('throttle', '250')) || 250;
-const client = new Tickstream({ topics: ['*'], throttleMs: throttle });
+// A server with auth on needs a token: open the page as /?token=<jwt>.
+const token = new URLSearchParams(location.search).get('token') || null;
+const authHeaders = token ? { Authorization: 'Bearer ' + token } : {};
+const client = new Tickstream({ topics: ['*'], throttleMs: throttle, token });
 
 // ---- board -----------------------------------------------------------------
 
@@ -429,7 +432,7 @@ async function loadChart(topic, interval) {
   let bars = [];
   let seq = null;
   try {
-    const res = await fetch(`api/candles?topic=${encodeURIComponent(topic)}&interval=${interval}&limit=${BACKFILL_BARS}`, { cache: 'no-store' });
+    const res = await fetch(`api/candles?topic=${encodeURIComponent(topic)}&interval=${interval}&limit=${BACKFILL_BARS}`, { cache: 'no-store', headers: authHeaders });
     if (res.ok) {
       bars = await res.json();
       const h = res.headers.get('X-Tickstream-Seq');
@@ -659,7 +662,7 @@ function wantedTopic() {
 
 async function loadTopics() {
   try {
-    const res = await fetch('api/topics', { cache: 'no-store' });
+    const res = await fetch('api/topics', { cache: 'no-store', headers: authHeaders });
     if (!res.ok) return;
     const body = await res.json();
     const list = Array.isArray(body) ? body : (body && body.topics) || [];

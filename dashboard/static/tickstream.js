@@ -319,6 +319,11 @@ export class Tickstream {
    * @param {'auto'|'ws'|'sse'} [opts.transport] default 'auto': WebSocket,
    *   falling back to SSE
    * @param {number} [opts.maxBackoffMs] reconnect cap (default 30000)
+   * @param {string|function(): string} [opts.token] a JWT for a server with
+   *   auth on, or a function that returns the current one (asked at each
+   *   connect, so a reconnect after expiry picks up a fresh token). Sent as
+   *   the WebSocket subprotocol `bearer.<token>` (beside `tickstream`) and
+   *   as `?token=` on SSE.
    */
   constructor(opts = {}) {
     const loc = globalThis.location;
@@ -327,6 +332,7 @@ export class Tickstream {
     this.throttleMs = opts.throttleMs ?? 100;
     this.transportPref = opts.transport || 'auto';
     this.maxBackoffMs = opts.maxBackoffMs || 30000;
+    this.token = opts.token || null;
     this.cursors = new Cursors();
     this.stats = { connects: 0, resets: 0, fallbacks: 0, messages: 0, bad: 0, lastError: null };
 
@@ -406,6 +412,23 @@ export class Tickstream {
     this._timers.clear();
     this._closeConn();
     this._setState(State.OFFLINE);
+  }
+
+  /** Replaces the token (see opts.token) and, while connected, refreshes
+   * it on the live connection, so that the server does not close it when
+   * the old token expires. Resolves to true when the server sent or
+   * accepted the refresh. */
+  refresh(token) {
+    this.token = token;
+    const t = this._token();
+    if (!t || !this._isLive()) return Promise.resolve(false);
+    return this._send({ op: 'refresh', token: t });
+  }
+
+  /** The current token, or null. */
+  _token() {
+    const t = typeof this.token === 'function' ? this.token() : this.token;
+    return t ? String(t) : null;
   }
 
   /** Adds topics or patterns to the live subscription. */
@@ -491,8 +514,11 @@ export class Tickstream {
     const gen = this._gen;
     const url = this.base.replace(/^http/, 'ws') + '/ws';
     let ws;
+    const token = this._token();
     try {
-      ws = new WebSocket(url);
+      // The token goes in the subprotocol list, not in the URL: the server
+      // answers "tickstream".
+      ws = token ? new WebSocket(url, ['tickstream', 'bearer.' + token]) : new WebSocket(url);
     } catch (e) {
       this._wsFailed(gen, e);
       return;
@@ -595,6 +621,8 @@ export class Tickstream {
     const resumeByPost = !useId && this.cursors.size > 0;
     if (!resumeByPost && this.topics.size) q.set('topics', [...this.topics].join(','));
     if (useId) q.set('last_event_id', this._sseLastId);
+    const token = this._token();
+    if (token) q.set('token', token);
     this._after(OPEN_TIMEOUT_MS, () => {
       if (gen === this._gen && !conn.opened) this._lost('SSE open timed out', null);
     });

@@ -18,8 +18,9 @@ async function until(what, fn, ms = 2000) {
 class FakeWS {
   static all = [];
   static refuse = false;
-  constructor(url) {
+  constructor(url, protocols) {
     this.url = url;
+    this.protocols = protocols;
     this.sent = [];
     this.readyState = 0;
     FakeWS.all.push(this);
@@ -204,4 +205,62 @@ test('SSE with exact topics resumes with last_event_id', async (t) => {
   await until('reconnect', () => gets.length === 2);
   assert.equal(gets[1], 'http://tick.test/sse?throttle_ms=100&topics=A%2CB&last_event_id=e1%7EA%3D10%2CB%3D4');
   assert.equal(FakeWS.all.length, 0, 'transport sse never tries WebSocket');
+});
+
+test('passes a token: WebSocket subprotocol, refresh, fresh token on reconnect, SSE ?token=', async (t) => {
+  let current = 'T1';
+  const { c } = setup(t, { token: () => current });
+  c.start();
+  await until('open', () => FakeWS.all.length === 1 && FakeWS.all[0].sent.length === 1);
+  const ws = FakeWS.all[0];
+  assert.equal(ws.url, 'ws://tick.test/ws', 'the token is not in the URL');
+  assert.deepEqual(ws.protocols, ['tickstream', 'bearer.T1']);
+  ws.deliver(welcome, { type: 'ack', id: 1, topics: ['*'] });
+  await until('live', () => c.status().state === 'live');
+
+  assert.equal(await c.refresh('T2'), true);
+  assert.deepEqual(ws.sent[1], { op: 'refresh', id: 2, token: 'T2' });
+
+  // The token expired anyway: the reconnect asks for the current token.
+  current = 'T3';
+  c.token = () => current;
+  ws.drop(1008, 'token expired retry_ms=5');
+  await until('reconnect', () => FakeWS.all.length === 2);
+  assert.deepEqual(FakeWS.all[1].protocols, ['tickstream', 'bearer.T3']);
+});
+
+test('without a token no subprotocol is asked for', async (t) => {
+  const { c } = setup(t);
+  c.start();
+  await until('open', () => FakeWS.all.length === 1);
+  assert.equal(FakeWS.all[0].protocols, undefined);
+  assert.equal(await c.refresh(null), false);
+});
+
+test('SSE passes the token as ?token= and refreshes by POST', async (t) => {
+  const gets = [];
+  const posts = [];
+  let streamCtl;
+  const enc = new TextEncoder();
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = async (url, init = {}) => {
+    if (init.method === 'POST') {
+      posts.push({ url, body: JSON.parse(init.body) });
+      return new Response('{"ok":true}', { status: 200 });
+    }
+    gets.push(url);
+    const body = new ReadableStream({ start(ctl) { streamCtl = ctl; } });
+    return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+  };
+  t.after(() => { globalThis.fetch = realFetch; });
+  const { c } = setup(t, { topics: ['A'], transport: 'sse', token: 'a.b.c' });
+  c.start();
+  await until('sse', () => streamCtl);
+  assert.equal(gets[0], 'http://tick.test/sse?throttle_ms=100&topics=A&token=a.b.c');
+  streamCtl.enqueue(enc.encode(`event: welcome\ndata: ${JSON.stringify({ ...welcome, session: 'S' })}\n\n`));
+  await until('live', () => c.status().state === 'live');
+  assert.equal(await c.refresh('d.e.f'), true);
+  assert.equal(posts[0].url, 'http://tick.test/api/sse/S');
+  assert.equal(posts[0].body.op, 'refresh');
+  assert.equal(posts[0].body.token, 'd.e.f');
 });

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/auth"
 	"github.com/tickstream/tickstream/stream/server"
 )
 
@@ -52,6 +55,11 @@ func NewLogger(w io.Writer, s Settings) *slog.Logger {
 // shuts down within shutdown_timeout_ms (see server.Server.Shutdown). It
 // closes ln.
 func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Logger) error {
+	authz, err := authorizer(s)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -101,6 +109,7 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		AcceptBurst:      s.AcceptBurst,
 		MaxFrameBytes:    s.MaxFrameBytes,
 		SendBufferBytes:  sendBufferSetting(s.SendBufferBytes),
+		Auth:             authz,
 	})
 	if err != nil {
 		ln.Close()
@@ -161,4 +170,31 @@ func sendBufferSetting(n int) int {
 		return -1
 	}
 	return n
+}
+
+// authorizer builds the token verifier the auth settings ask for: nil
+// when auth is off. A key that cannot be loaded is a SettingError naming
+// its setting.
+func authorizer(s Settings) (*auth.Authorizer, error) {
+	if s.Auth != "on" {
+		return nil, nil
+	}
+	a, err := auth.New(auth.Config{
+		HS256Secret:     []byte(s.AuthHS256Secret),
+		HS256SecretFile: s.AuthHS256SecretFile,
+		PublicKeyFile:   s.AuthPublicKeyFile,
+		JWKSFile:        s.AuthJWKSFile,
+		ReloadInterval:  time.Duration(s.AuthReloadMS) * time.Millisecond,
+	})
+	if err != nil {
+		setting, value := "auth", "on"
+		for _, kv := range [][2]string{{"auth_hs256_secret_file", s.AuthHS256SecretFile}, {"auth_public_key_file", s.AuthPublicKeyFile}, {"auth_jwks_file", s.AuthJWKSFile}} {
+			if kv[1] != "" && strings.Contains(err.Error(), kv[1]) {
+				setting, value = kv[0], kv[1]
+				break
+			}
+		}
+		return nil, &SettingError{Setting: setting, Source: "value " + strconv.Quote(value), Err: err}
+	}
+	return a, nil
 }

@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/stream/auth"
 )
 
 // Settings are the tickstream command's settings. Each comes, in order of
@@ -40,6 +41,14 @@ type Settings struct {
 	SendBufferBytes   int     `yaml:"send_buffer_bytes" help:"kernel send buffer (SO_SNDBUF) per connection, so a slow client's backlog stays where it is bounded; 0 = the system's autotuning" default:"262144" min:"0" max:"67108864"`
 	DisableWebSocket  bool    `yaml:"disable_websocket" help:"refuse /ws upgrades, as a proxy that blocks WebSocket would (clients fall back to SSE)" default:"false"`
 	ShutdownTimeoutMS int     `yaml:"shutdown_timeout_ms" help:"how long graceful shutdown may take; a second signal exits at once" default:"5000" min:"100" max:"600000"`
+
+	// Auth: JWTs on /ws, /sse and the API (see the README's Auth section).
+	Auth                string `yaml:"auth" help:"off or on: on needs a valid JWT on /ws, /sse and the API, and one of the keys below" default:"off"`
+	AuthHS256Secret     string `yaml:"auth_hs256_secret" help:"HS256 secret (at least 32 bytes); prefer auth_hs256_secret_file" default:""`
+	AuthHS256SecretFile string `yaml:"auth_hs256_secret_file" help:"file holding the HS256 secret, reloaded when it changes" default:""`
+	AuthPublicKeyFile   string `yaml:"auth_public_key_file" help:"PEM file of RSA (RS256) and P-256 (ES256) public keys, reloaded when it changes" default:""`
+	AuthJWKSFile        string `yaml:"auth_jwks_file" help:"JWKS file of RSA and P-256 public keys (a token's kid picks one), reloaded when it changes" default:""`
+	AuthReloadMS        int    `yaml:"auth_reload_ms" help:"how often at most the key files are checked for changes" default:"10000" min:"100" max:"3600000"`
 
 	// Feeds come from the config file only. None means one sim feed.
 	Feeds []feeds.Config `yaml:"feeds" flag:"-"`
@@ -237,6 +246,17 @@ func (s *Settings) validate() error {
 	}
 	if s.Addr == "" {
 		return &SettingError{Setting: "addr", Source: "value \"\"", Err: errors.New("want host:port, e.g. :8080")}
+	}
+	switch s.Auth {
+	case "off", "on":
+	default:
+		return &SettingError{Setting: "auth", Source: "value " + strconv.Quote(s.Auth), Err: errors.New("want off or on")}
+	}
+	if s.Auth == "on" && s.AuthHS256Secret == "" && s.AuthHS256SecretFile == "" && s.AuthPublicKeyFile == "" && s.AuthJWKSFile == "" {
+		return &SettingError{Setting: "auth", Source: "value \"on\"", Err: errors.New("auth on needs a key: set auth_hs256_secret_file, auth_hs256_secret, auth_public_key_file or auth_jwks_file")}
+	}
+	if s.AuthHS256Secret != "" && len(s.AuthHS256Secret) < auth.MinSecretBytes {
+		return &SettingError{Setting: "auth_hs256_secret", Source: "value (not shown)", Err: fmt.Errorf("%d bytes: want at least %d", len(s.AuthHS256Secret), auth.MinSecretBytes)}
 	}
 	return nil
 }

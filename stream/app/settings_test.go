@@ -1,8 +1,11 @@
 package app_test
 
 import (
+	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -89,6 +92,9 @@ func TestSettingsErrors(t *testing.T) {
 		{"file unknown key", nil, nil, "heartbeat: 100\n", "setting "},
 		{"bad log level", []string{"--log-level", "loud"}, nil, "", "setting log_level "},
 		{"missing config file", []string{"--config", "/nonexistent/tickstream.yaml"}, nil, "", "setting config "},
+		{"auth neither off nor on", []string{"--auth", "yes"}, nil, "", "setting auth "},
+		{"auth on without a key", nil, map[string]string{"TICKSTREAM_AUTH": "on"}, "", "setting auth "},
+		{"short HS256 secret", []string{"--auth", "on", "--auth-hs256-secret", "short"}, nil, "", "setting auth_hs256_secret "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -126,4 +132,23 @@ func TestSettingsErrors(t *testing.T) {
 			t.Errorf("--help: %v, usage %q", err, out.String())
 		}
 	})
+}
+
+// A key file that cannot be loaded stops start-up naming its setting.
+func TestAuthKeyFileErrorNamesSetting(t *testing.T) {
+	t.Parallel()
+	missing := filepath.Join(t.TempDir(), "missing.jwks")
+	s, err := app.LoadSettings([]string{"--auth", "on", "--auth-jwks-file", missing, "--addr", "127.0.0.1:0"}, envOf(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = app.RunListener(context.Background(), s, ln, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var se *app.SettingError
+	if !errors.As(err, &se) || se.Setting != "auth_jwks_file" || strings.Contains(err.Error(), "\n") {
+		t.Errorf("RunListener: %v, want one line naming auth_jwks_file", err)
+	}
 }

@@ -37,6 +37,8 @@ const (
 	CodeBadID         = "bad_id"          // id is not a number or string
 	CodeFrameTooLarge = "frame_too_large" // the frame is over the limit
 	CodeRateLimited   = "rate_limited"    // too many messages per second
+	CodeForbidden     = "forbidden"       // the token does not allow it (auth on)
+	CodeTokenExpired  = "token_expired"   // the connection's token expired (SSE, before the stream ends)
 )
 
 // Error is a refused client message, sent to the client as an error

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/gofiber/fiber/v2"
@@ -16,7 +17,15 @@ import (
 )
 
 func (s *Server) handleTopics(c *fiber.Ctx) error {
-	return c.JSON(s.bus.Topics())
+	claims, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
+	topics := s.bus.Topics()
+	if claims != nil {
+		topics = slices.DeleteFunc(topics, func(t stream.TopicInfo) bool { return !claims.CanRead(t.Topic) })
+	}
+	return c.JSON(topics)
 }
 
 // queryInt reads an optional whole-number query parameter within [lo, hi].
@@ -32,10 +41,19 @@ func queryInt(c *fiber.Ctx, name string, def, lo, hi int64) (int64, error) {
 	return n, nil
 }
 
+// topicParam reads the topic query parameter of a read API, which needs
+// a right to read it when auth is on.
 func (s *Server) topicParam(c *fiber.Ctx) (string, error) {
+	claims, err := s.authenticate(c)
+	if err != nil {
+		return "", err
+	}
 	t := c.Query("topic")
 	if !feeds.ValidTopic(t) {
 		return "", answered(apiError(c, fiber.StatusBadRequest, protocol.CodeBadTopic, fmt.Sprintf("topic=%q: want 1-128 characters of [A-Za-z0-9._:/-]", t)))
+	}
+	if !canRead(claims, t) {
+		return "", answered(forbidden(c, fmt.Sprintf("topic=%q: the token does not allow reading it", t)))
 	}
 	return t, nil
 }
@@ -93,6 +111,7 @@ func (s *Server) handleCandles(c *fiber.Ctx) error {
 type refusedTick struct {
 	Line  int    `json:"line"` // 1-based line (NDJSON) or array index + 1
 	Error string `json:"error"`
+	Code  string `json:"code,omitempty"` // a stable code, for refusals that have one (forbidden)
 }
 
 type publishResult struct {
@@ -101,15 +120,33 @@ type publishResult struct {
 }
 
 // handlePublish accepts ticks as a JSON array or as NDJSON. Good ticks land
-// even when others in the batch are refused; each refusal says why.
+// even when others in the batch are refused; each refusal says why. With
+// auth on it needs a token whose publish claim covers each tick's topic:
+// a token with no publish right is answered 403, and a tick outside its
+// patterns is refused with code forbidden (403 when no tick is accepted
+// and one was forbidden).
 func (s *Server) handlePublish(c *fiber.Ctx) error {
+	claims, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
+	if claims != nil && len(claims.Publish.Patterns) == 0 {
+		return forbidden(c, "the token has no publish right")
+	}
 	body := bytes.TrimSpace(c.Body())
 	if len(body) == 0 {
 		return apiError(c, fiber.StatusBadRequest, "empty", "send ticks as a JSON array or as NDJSON, one tick per line")
 	}
 	res := publishResult{Refused: []refusedTick{}}
+	forbade := false
 	publish := func(line int, raw []byte) {
 		t, err := feeds.ParseTick(raw)
+		if err == nil && claims != nil && !claims.CanPublish(t.Topic) {
+			forbade = true
+			res.Refused = append(res.Refused, refusedTick{Line: line, Code: protocol.CodeForbidden,
+				Error: fmt.Sprintf("forbidden: the token does not allow publishing to %q", t.Topic)})
+			return
+		}
 		if err == nil {
 			err = s.cfg.PublishSink.Publish(t)
 		}
@@ -141,6 +178,9 @@ func (s *Server) handlePublish(c *fiber.Ctx) error {
 	status := fiber.StatusOK
 	if res.Accepted == 0 && len(res.Refused) > 0 {
 		status = fiber.StatusBadRequest
+		if forbade {
+			status = fiber.StatusForbidden
+		}
 	}
 	return c.Status(status).JSON(res)
 }

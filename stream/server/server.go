@@ -23,6 +23,7 @@ import (
 	"github.com/tickstream/tickstream/dashboard"
 	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/auth"
 	"github.com/tickstream/tickstream/stream/protocol"
 )
 
@@ -69,6 +70,10 @@ type Config struct {
 	// where the bus bounds it, merges it and sees that the client lags.
 	// Zero value means 256 KiB; negative means the system's autotuning.
 	SendBufferBytes int
+	// Auth verifies tokens and their rights (see auth.go). Zero value
+	// means auth off: every client may read every topic, and publishing
+	// is as open as the rest of the configuration leaves it.
+	Auth *auth.Authorizer
 }
 
 func (c *Config) setDefaults() error {
@@ -127,6 +132,7 @@ type Server struct {
 
 	listeners []net.Listener // passed to Serve, closed by Shutdown; guarded by mu
 	silent    silentConns    // accepted connections that have sent nothing
+	auths     sync.Map       // *stream.Subscriber → *connAuth, streams that hold a token
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.

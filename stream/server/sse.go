@@ -91,6 +91,10 @@ func sseError(c *fiber.Ctx, status int, code, msg string) error {
 }
 
 func (s *Server) handleSSE(c *fiber.Ctx) error {
+	claims, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
 	var req stream.SubscribeRequest
 	for _, t := range strings.Split(c.Query("topics"), ",") {
 		if t = strings.TrimSpace(t); t != "" {
@@ -160,6 +164,7 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 	if err != nil {
 		return s.refuseRetry(c, fiber.StatusServiceUnavailable, "shutting_down", "server is shutting down")
 	}
+	ca := s.startAuth(sub, claims)
 	c.Set(fiber.HeaderContentType, "text/event-stream")
 	c.Set(fiber.HeaderCacheControl, "no-cache")
 	c.Set(fiber.HeaderConnection, "keep-alive")
@@ -176,6 +181,7 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 	// the connection); conn is only used for write deadlines.
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer s.closeStream(sub)
+		defer ca.stop()
 		defer s.cursors.ended(log)
 		defer func() { _ = conn.SetWriteDeadline(time.Time{}) }() // the connection may be kept alive
 		fmt.Fprintf(w, "retry: %d\n\n", s.retryHint().Milliseconds())
@@ -192,6 +198,10 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 		var ne net.Error
 		switch {
 		case errors.As(err, &d):
+			if d == disconnectTokenExpired {
+				fmt.Fprintf(w, "event: error\ndata: %s\n\n", protocol.EncodeError(nil, protocol.CodeTokenExpired,
+					"the stream's token expired: reconnect with a fresh token (or refresh it before expiry with POST /api/sse/<session>)"))
+			}
 			// Tell the client when to come back, then end the stream.
 			fmt.Fprintf(w, "retry: %d\n\n", s.retryHint().Milliseconds())
 			_ = t.flush()
@@ -212,10 +222,17 @@ func (s *Server) handleSSEControl(c *fiber.Ctx) error {
 	if len(c.Body()) > s.cfg.MaxFrameBytes {
 		return apiError(c, fiber.StatusRequestEntityTooLarge, protocol.CodeFrameTooLarge, fmt.Sprintf("at most %d bytes", s.cfg.MaxFrameBytes))
 	}
+	if op, ok := parseRefresh(c.Body()); ok {
+		return s.refreshSSE(c, sub, op)
+	}
 	res, err := sub.Handle(c.Body())
 	var pe *protocol.Error
 	if errors.As(err, &pe) {
-		return apiError(c, fiber.StatusBadRequest, pe.Code, pe.Message)
+		status := fiber.StatusBadRequest
+		if pe.Code == protocol.CodeForbidden {
+			status = fiber.StatusForbidden
+		}
+		return apiError(c, status, pe.Code, pe.Message)
 	}
 	if err != nil {
 		return apiError(c, fiber.StatusBadRequest, "bad_request", err.Error())

@@ -13,6 +13,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/auth"
 	"github.com/tickstream/tickstream/stream/protocol"
 )
 
@@ -47,9 +48,14 @@ func (s *Server) wsUpgrade(c *fiber.Ctx) error {
 	if s.cfg.DisableWebSocket {
 		return apiError(c, fiber.StatusForbidden, "websocket_disabled", "WebSocket is disabled on this server; use /sse")
 	}
+	claims, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
 	if err := s.admit(c); err != nil {
 		return err
 	}
+	c.Locals(claimsLocal, claims)
 	return s.wsHandler(c)
 }
 
@@ -59,6 +65,7 @@ func (s *Server) initWS() {
 		ReadBufferSize:   wsReadBufferBytes,
 		WriteBufferSize:  wsWriteBufferBytes,
 		WriteBufferPool:  &wsBufferPool,
+		Subprotocols:     []string{subprotocol}, // echoed to a client that offers it
 	})
 }
 
@@ -109,6 +116,9 @@ func (s *Server) serveWS(c *websocket.Conn) {
 		return
 	}
 	defer s.closeStream(sub)
+	claims, _ := c.Locals(claimsLocal).(*auth.Claims)
+	ca := s.startAuth(sub, claims)
+	defer ca.stop()
 	hb := s.bus.Config().Heartbeat
 	sub.Send(protocol.TypeWelcome, protocol.EncodeWelcome(sub.Session(), hb.Milliseconds(), time.Now().UnixMilli()))
 
@@ -154,6 +164,10 @@ func (s *Server) serveWS(c *websocket.Conn) {
 		case typ != fastws.TextMessage:
 			sub.Refuse(nil, protocol.CodeBadJSON, "binary frames are not supported; send JSON text frames")
 		default:
+			if op, ok := parseRefresh(msg); ok {
+				s.refreshWS(sub, ca, op)
+				continue
+			}
 			_, _ = sub.Handle(msg)
 		}
 	}
