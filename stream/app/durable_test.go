@@ -197,6 +197,14 @@ func TestRestartResumesWithoutLossOrReset(t *testing.T) {
 	if got := readUntil(t, ctx, c2, 80, 100); got != epoch {
 		t.Fatalf("epoch %q after the restart, want %q", got, epoch)
 	}
+
+	// The store's size and writes are in the metrics.
+	metrics := b.get(t, "/metrics")
+	for _, name := range []string{"tickstream_store_bytes ", "tickstream_store_file_bytes ", "tickstream_store_ticks_written_total ", "tickstream_store_queue_ticks ", "tickstream_store_lag_seconds "} {
+		if !strings.Contains(metrics, "\n"+name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
 }
 
 // snapshotAPI is what the HTTP API says of topic: its entry in

@@ -546,6 +546,14 @@ type txTopic struct {
 	b, ticks *bolt.Bucket
 	bars     []*bolt.Bucket
 	state    *topicState
+	// changed holds the last state of each bar the batch changed: a bar
+	// is written once per batch however many ticks it took.
+	changed map[barKey]stream.Candle
+}
+
+type barKey struct {
+	interval int
+	t        int64
 }
 
 func (s *Store) commit(batch []stream.StoreRecord) error {
@@ -573,8 +581,12 @@ func (s *Store) commit(batch []stream.StoreRecord) error {
 				return err
 			}
 			for _, bar := range r.Bars[:r.NBars] {
-				if err := s.putBar(tt, bar, &arena); err != nil {
-					return err
+				if bar.Interval < 0 || bar.Interval >= len(tt.bars) || bar.Bar.T < 0 {
+					continue
+				}
+				tt.changed[barKey{bar.Interval, bar.Bar.T}] = bar.Bar
+				if bar.New {
+					tt.state.bars[bar.Interval]++
 				}
 			}
 			st := tt.state
@@ -583,6 +595,9 @@ func (s *Store) commit(batch []stream.StoreRecord) error {
 		}
 		s.arena = arena[:0]
 		for _, tt := range touched {
+			if err := s.putBars(tt, &arena); err != nil {
+				return err
+			}
 			if err := s.putMeta(tt.b, tt.state); err != nil {
 				return err
 			}
@@ -606,7 +621,7 @@ func (s *Store) openTopic(root *bolt.Bucket, name string) (*txTopic, error) {
 	if err != nil {
 		return nil, err
 	}
-	tt := &txTopic{b: b, bars: make([]*bolt.Bucket, len(stream.CandleIntervals))}
+	tt := &txTopic{b: b, bars: make([]*bolt.Bucket, len(stream.CandleIntervals)), changed: make(map[barKey]stream.Candle)}
 	if tt.ticks, err = b.CreateBucketIfNotExists(bTicks); err != nil {
 		return nil, err
 	}
@@ -625,23 +640,22 @@ func (s *Store) openTopic(root *bolt.Bucket, name string) (*txTopic, error) {
 	return tt, nil
 }
 
-func (s *Store) putBar(tt *txTopic, bar stream.StoreBar, arena *[]byte) error {
-	if bar.Interval < 0 || bar.Interval >= len(tt.bars) || bar.Bar.T < 0 {
-		return nil
+// putBars writes the bars the batch changed, then drops the oldest bars
+// of each interval past the candle depth, as the bus's rings do.
+func (s *Store) putBars(tt *txTopic, arena *[]byte) error {
+	for k, bar := range tt.changed {
+		v, err := json.Marshal(bar)
+		if err != nil {
+			return err
+		}
+		start := len(*arena)
+		*arena = be8(*arena, uint64(k.t))
+		if err := tt.bars[k.interval].Put((*arena)[start:len(*arena):len(*arena)], v); err != nil {
+			return err
+		}
 	}
-	b := tt.bars[bar.Interval]
-	v, err := json.Marshal(bar.Bar)
-	if err != nil {
-		return err
-	}
-	start := len(*arena)
-	*arena = be8(*arena, uint64(bar.Bar.T))
-	if err := b.Put((*arena)[start:len(*arena):len(*arena)], v); err != nil {
-		return err
-	}
-	if bar.New {
-		n := &tt.state.bars[bar.Interval]
-		*n++
+	for i, b := range tt.bars {
+		n := &tt.state.bars[i]
 		if over := *n - s.candleDepth; over > 0 {
 			left := over
 			d, err := pruneWhile(b, func(_, _ []byte) bool { left--; return left >= 0 })
