@@ -51,9 +51,14 @@ type BusConfig struct {
 	// Heartbeat is the interval of transport keep-alives. Zero value
 	// means 15 s.
 	Heartbeat time.Duration
-	// Epoch names this run's history; it changes on restart because
-	// history is not durable. Zero value means a random string.
+	// Epoch names this run's history. Zero value means a random string.
+	// With a Store, the store's epoch wins (this one names a new store's
+	// history), so a restart keeps it.
 	Epoch string
+	// Store keeps history, candles, seqs and the epoch across restarts
+	// (see Store). NewBus loads it; the caller closes it after Close.
+	// Zero value means memory only: a restart starts a new epoch.
+	Store Store
 	// Now is the clock. Zero value means time.Now.
 	Now func() time.Time
 	// Metrics receives the bus's metrics. Zero value means unregistered
@@ -134,6 +139,7 @@ func NewID(n int) string {
 type Bus struct {
 	cfg     BusConfig
 	metrics *Metrics
+	seqr    Sequencer
 
 	// mu guards the maps below. It is held only for lookups, updates and
 	// copies, never across a scan of the topics or a join, so a publish
@@ -184,7 +190,55 @@ func NewBus(cfg BusConfig) (*Bus, error) {
 	}
 	pending := b.pendingBytes
 	b.metrics.pending.Store(&pending)
+	if cfg.Store != nil {
+		if err := b.restore(); err != nil {
+			return nil, err
+		}
+	}
+	b.seqr = NewLocalSequencer(b.cfg.Epoch)
 	return b, nil
+}
+
+// restore loads the store: its epoch becomes the bus's, and each stored
+// topic comes back with its seq, latest fields, history ring and candles.
+func (b *Bus) restore() error {
+	st, err := b.cfg.Store.Load(b.cfg.Epoch, b.cfg.HistoryDepth, b.cfg.CandleDepth)
+	if err != nil {
+		return fmt.Errorf("stream: loading the store: %w", err)
+	}
+	b.cfg.Epoch = st.Epoch
+	for i := range st.Topics {
+		s := &st.Topics[i]
+		if b.topics[s.Name] != nil || !tick.ValidTopic(s.Name) {
+			continue
+		}
+		t := newTopic(b, s.Name)
+		t.seq, t.ts, t.accepted, t.latest, t.lineage = s.Seq, s.TS, s.Accepted, s.Latest, s.Lineage
+		ticks := s.Ticks
+		if n := len(ticks); n > b.cfg.HistoryDepth {
+			ticks = ticks[n-b.cfg.HistoryDepth:]
+		}
+		if n := len(ticks); n > 0 && ticks[n-1].Seq != s.Seq {
+			ticks = nil // not the newest: not a ring the bus can serve
+		}
+		t.hist = make([]histEntry, 0, len(ticks))
+		for _, k := range ticks {
+			t.hist = append(t.hist, histEntry{seq: k.Seq, ts: k.TS, fields: k.Fields, accepted: k.Accepted})
+		}
+		for iv := range t.candles {
+			if iv < len(s.Candles) {
+				bars := s.Candles[iv]
+				if n := len(bars); n > b.cfg.CandleDepth {
+					bars = bars[n-b.cfg.CandleDepth:]
+				}
+				t.candles[iv].bars = append([]Candle(nil), bars...)
+			}
+		}
+		b.topics[s.Name] = t
+		b.all = append(b.all, t)
+		b.metrics.topics.Add(1)
+	}
+	return nil
 }
 
 // Epoch is the bus's epoch.
@@ -523,13 +577,41 @@ func (b *Bus) Topics() []TopicInfo {
 	return out
 }
 
-// History returns up to limit raw ticks of topic after seq afterSeq.
+// History returns up to limit raw ticks of topic after seq afterSeq. The
+// newest come from the memory ring; with a store, older ones are read
+// from it when the ring does not reach back to afterSeq.
 func (b *Bus) History(name string, afterSeq uint64, limit int) (History, error) {
 	t := b.lookup(name)
 	if t == nil {
 		return History{}, fmt.Errorf("%w %q", ErrUnknownTopic, name)
 	}
-	return t.history(afterSeq, limit), nil
+	h := t.history(afterSeq, limit)
+	if b.cfg.Store == nil || afterSeq+1 >= h.Oldest || limit <= 0 {
+		return h, nil
+	}
+	// The ring starts after afterSeq: read the ticks before it from the
+	// store (outside the topic's lock), and keep them only if they join
+	// the ring's without a gap.
+	want := min(uint64(limit), h.Oldest-1-afterSeq)
+	oldest, older, err := b.cfg.Store.History(name, afterSeq, int(want))
+	if err != nil {
+		b.cfg.Logger.Warn("store: reading history", "topic", name, "err", err)
+		return h, nil
+	}
+	for len(older) > 0 && older[len(older)-1].Seq >= h.Oldest {
+		older = older[:len(older)-1] // the ring has it (committed meanwhile)
+	}
+	n := len(older)
+	switch {
+	case n > 0 && older[n-1].Seq+1 == h.Oldest:
+		h.Ticks = append(older, h.Ticks...)[:min(limit, n+len(h.Ticks))]
+	case n > 0 && n == limit: // the page ends before the ring
+		h.Ticks = older
+	default: // the store does not reach the ring (ticks still queued)
+		return h, nil
+	}
+	h.Oldest = oldest
+	return h, nil
 }
 
 // Candles returns up to limit newest bars of topic at interval ("1s",

@@ -60,9 +60,11 @@ type candleRing struct {
 func (r *candleRing) n() int           { return len(r.bars) }
 func (r *candleRing) at(i int) *Candle { return &r.bars[(r.start+i)%len(r.bars)] }
 
-func (r *candleRing) fold(ts int64, price, size float64, depth int) {
+// fold folds a tick into its bar and returns that bar and whether the
+// tick opened it (nil when the tick's bar is no longer kept).
+func (r *candleRing) fold(ts int64, price, size float64, depth int) (*Candle, bool) {
 	if ts < 0 || depth <= 0 {
-		return
+		return nil, false
 	}
 	t := ts - ts%r.ms
 	if n := r.n(); n > 0 {
@@ -70,7 +72,7 @@ func (r *candleRing) fold(ts int64, price, size float64, depth int) {
 		switch {
 		case t == last.T:
 			foldBar(last, price, size)
-			return
+			return last, false
 		case t < last.T:
 			// A late tick goes into its own bar if that bar is still kept;
 			// the close stays with the later tick.
@@ -80,17 +82,20 @@ func (r *candleRing) fold(ts int64, price, size float64, depth int) {
 				b.H, b.L = max(b.H, price), min(b.L, price)
 				b.V += size
 				b.N++
+				return b, false
 			}
-			return
+			return nil, false
 		}
 	}
 	bar := Candle{T: t, O: price, H: price, L: price, C: price, V: size, N: 1}
 	if len(r.bars) < depth {
 		r.bars = append(r.bars, bar) // start is 0 until the ring is full
-		return
+		return &r.bars[len(r.bars)-1], true
 	}
-	r.bars[r.start] = bar
+	b := &r.bars[r.start]
+	*b = bar
 	r.start = (r.start + 1) % len(r.bars)
+	return b, true
 }
 
 func foldBar(b *Candle, price, size float64) {

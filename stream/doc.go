@@ -37,4 +37,10 @@
 // thousands of topics is paced like any other backlog. A named topic with
 // no tick yet is a pending interest (bounded per subscriber, not a topic)
 // that its creation turns into a membership.
+//
+// With a Store (BusConfig.Store), NewBus loads the epoch and every topic's
+// seq, fields, history ring and candles from it, and Publish appends each
+// accepted tick to it under the topic's lock (Store.Append only queues;
+// the store's own lock comes after topic.mu), then waits for Store.Settle
+// unlocked. Seqs come from a Sequencer (LocalSequencer in-process).
 package stream

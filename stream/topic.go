@@ -32,6 +32,10 @@ type topic struct {
 	groups   map[time.Duration]*group
 	snap     []byte // cached snapshot encoding for seq snapSeq
 	snapSeq  uint64
+	rec      StoreRecord // scratch for Store.Append
+	// lineage is the earlier epochs whose cursors resume here (see
+	// StoredTopic.Lineage).
+	lineage []EpochSeq
 
 	rateSec   int64 // Unix second of rateCount
 	rateCount int   // ticks accepted in second rateSec
@@ -88,14 +92,25 @@ type membership struct {
 }
 
 // publish applies one validated tick. It is called with t.mu unlocked.
+// With a store, the tick is appended to its queue under the lock (in seq
+// order) and publish then waits, unlocked, for what the store's sync
+// policy promises before a publish returns.
 func (t *topic) publish(tk *tick.Tick, accepted time.Time) uint64 {
+	t.mu.Lock()
+	seq, ticket := t.publishLocked(tk, accepted)
+	t.mu.Unlock()
+	if st := t.bus.cfg.Store; st != nil {
+		st.Settle(ticket)
+	}
+	return seq
+}
+
+func (t *topic) publishLocked(tk *tick.Tick, accepted time.Time) (uint64, uint64) {
 	cfg := &t.bus.cfg
 	fields := append([]tick.Field(nil), tk.Fields...)
 	tk.Fields = fields
 
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.seq++
+	t.seq = t.bus.seqr.Next(t.name, t.seq)
 	seq := t.seq
 	t.ts, t.accepted = tk.TS, accepted
 	t.latest = mergeFields(t.latest, fields)
@@ -108,11 +123,25 @@ func (t *topic) publish(tk *tick.Tick, accepted time.Time) uint64 {
 		t.histHead = (t.histHead + 1) % len(t.hist)
 	}
 
+	var rec *StoreRecord
+	if cfg.Store != nil {
+		rec = &t.rec // Append copies it
+		rec.NBars = 0
+	}
 	if price, ok := tk.Get(tick.FieldPrice); ok {
 		size, _ := tk.Get(tick.FieldSize)
 		for i := range t.candles {
-			t.candles[i].fold(tk.TS, price, size, cfg.CandleDepth)
+			bar, isNew := t.candles[i].fold(tk.TS, price, size, cfg.CandleDepth)
+			if rec != nil && bar != nil {
+				rec.Bars[rec.NBars] = StoreBar{Interval: i, New: isNew, Bar: *bar}
+				rec.NBars++
+			}
 		}
+	}
+	var ticket uint64
+	if rec != nil {
+		rec.Topic, rec.Seq, rec.TS, rec.Accepted, rec.Fields = t.name, seq, tk.TS, accepted, fields
+		ticket = cfg.Store.Append(rec)
 	}
 
 	sec := accepted.Unix()
@@ -144,7 +173,7 @@ func (t *topic) publish(tk *tick.Tick, accepted time.Time) uint64 {
 			t.bus.schedule(g)
 		}
 	}
-	return seq
+	return seq, ticket
 }
 
 // fanout puts u on every member's queue. Called with topic.mu held.
@@ -302,6 +331,14 @@ func (t *topic) joinLocked(s *Subscriber, cur *protocol.Cursor, commit joinCommi
 		t.remove(old)
 	}
 	epoch := t.bus.cfg.Epoch
+	if cur != nil && cur.Epoch != epoch {
+		for _, l := range t.lineage {
+			if cur.Epoch == l.Epoch && cur.Seq <= l.Seq {
+				cur = &protocol.Cursor{Epoch: epoch, Seq: cur.Seq} // the seqs went on
+				break
+			}
+		}
+	}
 	switch {
 	case cur == nil:
 		t.pushSnapshot(s)

@@ -81,7 +81,7 @@ func TestCommand(t *testing.T) {
 	t.Run("serves the simulator and stops on SIGTERM", func(t *testing.T) {
 		t.Parallel()
 		addr := freeAddr(t)
-		cmd := exec.Command(bin, "--addr", addr, "--heartbeat-ms", "500")
+		cmd := exec.Command(bin, "--addr", addr, "--heartbeat-ms", "500", "--data-dir", t.TempDir())
 		stderr := newSyncBuffer()
 		cmd.Stderr = stderr
 		if err := cmd.Start(); err != nil {
@@ -199,7 +199,7 @@ func TestCommand(t *testing.T) {
 				t.Parallel()
 				ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 				defer cancel()
-				cmd := exec.CommandContext(ctx, bin, append([]string{"--addr", "127.0.0.1:0"}, tt.args...)...)
+				cmd := exec.CommandContext(ctx, bin, append([]string{"--addr", "127.0.0.1:0", "--data-dir", t.TempDir()}, tt.args...)...)
 				cmd.Env = append(cmd.Environ(), tt.env...)
 				var stdout, stderr bytes.Buffer
 				cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -36,7 +36,9 @@ func startCommand(t *testing.T, bin string, args ...string) *command {
 		addr: freeAddr(t), stderr: newSyncBuffer(), exited: make(chan struct{}),
 		http: &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second},
 	}
-	c.cmd = exec.Command(bin, append([]string{"--addr", c.addr}, args...)...)
+	// A fresh data directory per run (args may name another): nothing is
+	// written into the repository.
+	c.cmd = exec.Command(bin, append([]string{"--addr", c.addr, "--data-dir", t.TempDir()}, args...)...)
 	c.cmd.Stderr = c.stderr
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)

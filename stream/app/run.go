@@ -19,6 +19,7 @@ import (
 	"github.com/tickstream/tickstream/stream"
 	"github.com/tickstream/tickstream/stream/auth"
 	"github.com/tickstream/tickstream/stream/server"
+	"github.com/tickstream/tickstream/stream/store"
 )
 
 // Run runs the tickstream server as the tickstream command does: it reads
@@ -64,7 +65,22 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	st, err := openStore(s, reg, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	var busStore stream.Store
+	if st != nil {
+		busStore = st
+		defer func() {
+			if err := st.Close(); err != nil {
+				log.Error("closing the store", "err", err)
+			}
+		}()
+	}
 	bus, err := stream.NewBus(stream.BusConfig{
+		Store:                  busStore,
 		HistoryDepth:           s.HistoryDepth,
 		CandleDepth:            s.CandleDepth,
 		MaxTopics:              s.MaxTopics,
@@ -119,7 +135,7 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 	sup.Start()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("tickstream listening", "addr", ln.Addr().String(), "url", "http://"+displayAddr(ln.Addr()), "feeds", len(feedConfigs), "epoch", bus.Epoch())
+	log.Info("tickstream listening", "addr", ln.Addr().String(), "url", "http://"+displayAddr(ln.Addr()), "feeds", len(feedConfigs), "epoch", bus.Epoch(), "data_dir", s.DataDir)
 
 	select {
 	case <-ctx.Done():
@@ -145,6 +161,45 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// openStore opens the embedded store in data_dir (nil, nil when it is
+// empty: memory only).
+func openStore(s Settings, reg prometheus.Registerer, log *slog.Logger) (*store.Store, error) {
+	if s.DataDir == "" {
+		return nil, nil
+	}
+	age, err := s.retentionAge()
+	if err != nil {
+		return nil, err
+	}
+	always, every, err := s.syncPolicy()
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(store.Options{
+		Dir:            s.DataDir,
+		SyncAlways:     always,
+		SyncInterval:   every,
+		RetentionTicks: retentionTicks(s),
+		RetentionAge:   age,
+		MaxBytes:       int64(s.StoreMaxBytes),
+		Registerer:     reg,
+		Logger:         log,
+	})
+	if err != nil {
+		return nil, &SettingError{Setting: "data_dir", Source: "value " + strconv.Quote(s.DataDir), Err: err}
+	}
+	return st, nil
+}
+
+// retentionTicks is retention_ticks, at least history_depth: the store
+// keeps what memory does, so that a restart finds it.
+func retentionTicks(s Settings) int {
+	if s.RetentionTicks == 0 {
+		return 0
+	}
+	return max(s.RetentionTicks, s.HistoryDepth)
 }
 
 func displayAddr(a net.Addr) string {

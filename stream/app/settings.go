@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -41,6 +42,11 @@ type Settings struct {
 	SendBufferBytes   int     `yaml:"send_buffer_bytes" help:"kernel send buffer (SO_SNDBUF) per connection, so a slow client's backlog stays where it is bounded; 0 = the system's autotuning" default:"262144" min:"0" max:"67108864"`
 	DisableWebSocket  bool    `yaml:"disable_websocket" help:"refuse /ws upgrades, as a proxy that blocks WebSocket would (clients fall back to SSE)" default:"false"`
 	ShutdownTimeoutMS int     `yaml:"shutdown_timeout_ms" help:"how long graceful shutdown may take; a second signal exits at once" default:"5000" min:"100" max:"600000"`
+	DataDir           string  `yaml:"data_dir" help:"directory of the embedded store keeping history, candles, seqs and the epoch across restarts; empty = memory only" default:"data"`
+	RetentionTicks    int     `yaml:"retention_ticks" help:"ticks the store keeps per topic (0 = no bound by count); memory keeps history_depth" default:"100000" min:"0" max:"1000000000"`
+	RetentionAge      string  `yaml:"retention_age" help:"how long the store keeps a tick after it was accepted, e.g. 24h (0 = no bound by age)" default:"24h"`
+	StoreMaxBytes     int     `yaml:"store_max_bytes" help:"bytes of store pages in use past which the oldest ticks are pruned (0 = no bound)" default:"1073741824" min:"0" max:"1099511627776"`
+	Sync              string  `yaml:"sync" help:"store sync policy: an interval (100ms: commit and fsync that often; a crash loses at most the ticks of the last interval) or always (a publish returns after its tick is on disk)" default:"100ms"`
 
 	// Auth: JWTs on /ws, /sse and the API (see the README's Auth section).
 	Auth                string `yaml:"auth" help:"off or on: on needs a valid JWT on /ws, /sse and the API, and one of the keys below" default:"off"`
@@ -244,6 +250,12 @@ func (s *Settings) validate() error {
 	default:
 		return &SettingError{Setting: "log_format", Source: "value " + strconv.Quote(s.LogFormat), Err: errors.New("want text or json")}
 	}
+	if _, err := s.retentionAge(); err != nil {
+		return &SettingError{Setting: "retention_age", Source: "value " + strconv.Quote(s.RetentionAge), Err: err}
+	}
+	if _, _, err := s.syncPolicy(); err != nil {
+		return &SettingError{Setting: "sync", Source: "value " + strconv.Quote(s.Sync), Err: err}
+	}
 	if s.Addr == "" {
 		return &SettingError{Setting: "addr", Source: "value \"\"", Err: errors.New("want host:port, e.g. :8080")}
 	}
@@ -259,6 +271,30 @@ func (s *Settings) validate() error {
 		return &SettingError{Setting: "auth_hs256_secret", Source: "value (not shown)", Err: fmt.Errorf("%d bytes: want at least %d", len(s.AuthHS256Secret), auth.MinSecretBytes)}
 	}
 	return nil
+}
+
+// retentionAge parses retention_age: a duration, 0 meaning no bound.
+func (s *Settings) retentionAge() (time.Duration, error) {
+	if s.RetentionAge == "0" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s.RetentionAge)
+	if err != nil || d < 0 {
+		return 0, errors.New("want a duration such as 24h or 30m, or 0 for no bound")
+	}
+	return d, nil
+}
+
+// syncPolicy parses sync: "always", or an interval of 1ms to 1m.
+func (s *Settings) syncPolicy() (always bool, every time.Duration, err error) {
+	if s.Sync == "always" {
+		return true, 0, nil
+	}
+	d, err := time.ParseDuration(s.Sync)
+	if err != nil || d < time.Millisecond || d > time.Minute {
+		return false, 0, errors.New("want always, or an interval from 1ms to 1m such as 100ms")
+	}
+	return false, d, nil
 }
 
 var unknownKey = regexp.MustCompile(`^line (\d+): field (\S+) not found`)
