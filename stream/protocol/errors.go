@@ -37,6 +37,20 @@ const (
 	CodeBadID         = "bad_id"          // id is not a number or string
 	CodeFrameTooLarge = "frame_too_large" // the frame is over the limit
 	CodeRateLimited   = "rate_limited"    // too many messages per second
+	CodeEmpty         = "empty"           // a publish with no ticks
+	CodeBadMid        = "bad_mid"         // a mid or Idempotency-Key is malformed
+	CodeBadProducer   = "bad_producer"    // a producer id is malformed
+	CodeForbidden     = "forbidden"       // the connection may not do this (publish without the right)
+)
+
+// Codes of a refused tick in a publish answer (HTTP and WebSocket alike).
+const (
+	CodeBadField      = "bad_field"       // a field is not a finite number, or is given twice
+	CodeNonFinite     = "non_finite"      // NaN or ±Inf
+	CodeTooManyFields = "too_many_fields" // over the per-tick field limit
+	CodeOverLimit     = "over_limit"      // over a bus limit (topics, ts too far from now)
+	CodeClosed        = "closed"          // the bus is closed
+	CodeInternal      = "internal"        // anything else
 )
 
 // Error is a refused client message, sent to the client as an error
