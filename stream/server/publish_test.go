@@ -143,7 +143,9 @@ func TestWSPublishDoesNotSlowDeliveries(t *testing.T) {
 	sink := &blockingSink{release: make(chan struct{})}
 	var once sync.Once
 	releaseSink := func() { once.Do(func() { close(sink.release) }) }
-	e := startServer(t, func(_ *stream.BusConfig, sc *server.Config) { sc.PublishSink = feeds.SinkFunc(func(t feeds.Tick) error { return sink.Publish(t) }) })
+	e := startServer(t, func(_ *stream.BusConfig, sc *server.Config) {
+		sc.PublishSink = feeds.SinkFunc(func(t feeds.Tick) error { return sink.Publish(t) })
+	})
 	t.Cleanup(releaseSink)
 	sink.next = e.bus.Sink("test")
 	e.publish("D", 1, f("price", 1))
