@@ -16,6 +16,10 @@ import (
 // what it has and the next poll goes on from its cursor.
 const maxPollBytes = 1 << 20
 
+// pollGrace is how long a poll whose time is up still waits for messages
+// already queued (a subscription's snapshots) to be collected.
+const pollGrace = time.Second
+
 // pollTransport collects what a poll delivers: the messages and, as an
 // SSE stream would name them, the cursor after the last one.
 type pollTransport struct {
@@ -114,22 +118,30 @@ func (s *Server) handlePoll(c *fiber.Ctx) error {
 	go func() { delivered <- sub.Deliver(ctx, t) }()
 	wait := time.NewTimer(time.Duration(timeout) * time.Millisecond)
 	defer wait.Stop()
-	ended := false
-	for !ended {
+	timedOut := false
+	var grace <-chan time.Time
+wait:
+	for {
 		t.mu.Lock()
 		has, full := t.n > 0, t.full
 		t.mu.Unlock()
-		// Once something came, answer as soon as the queue is drained.
-		if full || has && sub.PendingBytes() == 0 {
+		// Once something came, or the time is up, answer as soon as what
+		// is queued has been collected.
+		if full || (has || timedOut) && sub.PendingBytes() == 0 {
 			break
 		}
 		select {
 		case <-t.got:
 		case <-wait.C:
-			ended = true
-		case <-delivered:
-			delivered <- nil // closed (Shutdown): answer what came
-			ended = true
+			timedOut = true
+			g := time.NewTimer(pollGrace)
+			defer g.Stop()
+			grace = g.C
+		case <-grace:
+			break wait
+		case err := <-delivered:
+			delivered <- err // closed (Shutdown): answer what came
+			break wait
 		}
 	}
 	cancel()
