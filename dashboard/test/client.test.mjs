@@ -205,3 +205,42 @@ test('SSE with exact topics resumes with last_event_id', async (t) => {
   assert.equal(gets[1], 'http://tick.test/sse?throttle_ms=100&topics=A%2CB&last_event_id=e1%7EA%3D10%2CB%3D4');
   assert.equal(FakeWS.all.length, 0, 'transport sse never tries WebSocket');
 });
+
+test('publish() queues while offline, overflows by refusing the newest, resends with the same ids', async (t) => {
+  const { c } = setup(t, { producer: 'pg', maxQueue: 3 });
+  const overflow = [];
+  c.onOverflow((e) => overflow.push(e));
+  const acks = [];
+  const p1 = c.publish({ topic: 'A', price: 1 }).then((a) => acks.push(a));
+  const p2 = c.publish([{ topic: 'A', price: 2 }, { topic: 'B', price: 3 }]).then((a) => acks.push(a));
+  const p3 = c.publish({ topic: 'A', price: 4, mid: 'own' });
+  assert.equal(c.status().queued, 3);
+  await assert.rejects(c.publish({ topic: 'A', price: 5 }), (e) => e.code === 'queue_full');
+  assert.equal(overflow.length, 1);
+  assert.equal(overflow[0].queued, 3);
+
+  c.start();
+  await until('open', () => FakeWS.all.length === 1 && FakeWS.all[0].readyState === 1);
+  const ws = FakeWS.all[0];
+  ws.deliver(welcome);
+  await until('publishes sent', () => ws.sent.filter((m) => m.op === 'publish').length === 3);
+  const pubs = ws.sent.filter((m) => m.op === 'publish');
+  assert.deepEqual(pubs.map((m) => m.ticks.map((tk) => tk.mid)), [['pg.1'], ['pg.2', 'pg.3'], ['own']]);
+  assert.ok(pubs.every((m) => m.producer === 'pg'));
+  // The first is acknowledged, then the connection drops.
+  ws.deliver({ type: 'ack', id: pubs[0].id, accepted: 1, refused: [], seqs: { A: 1 } });
+  await p1;
+  ws.drop(1006, '');
+  await until('reconnect', () => FakeWS.all.length === 2 && FakeWS.all[1].readyState === 1);
+  const ws2 = FakeWS.all[1];
+  ws2.deliver(welcome);
+  await until('resent', () => ws2.sent.filter((m) => m.op === 'publish').length === 2);
+  const again = ws2.sent.filter((m) => m.op === 'publish');
+  assert.deepEqual(again.map((m) => [m.id, m.ticks.map((tk) => tk.mid)]), [[pubs[1].id, ['pg.2', 'pg.3']], [pubs[2].id, ['own']]]);
+  ws2.deliver({ type: 'ack', id: pubs[1].id, accepted: 2, duplicates: 2, refused: [], seqs: { A: 2, B: 1 } },
+    { type: 'error', id: pubs[2].id, code: 'forbidden', message: 'no publish right' });
+  await p2;
+  await assert.rejects(p3, (e) => e.code === 'forbidden');
+  assert.deepEqual(acks.map((a) => a.accepted), [1, 2]);
+  assert.equal(c.status().queued, 0);
+});
