@@ -615,6 +615,7 @@ export class Tickstream {
       // A proxy refusing the upgrade looks like this: try SSE right away.
       this._closeConn();
       this._gen++;
+      this._connectStarted = Date.now(); // the watchdog judges each transport on its own
       this._connectSSE(true);
       this._deliverOrFallback();
       return;
@@ -629,6 +630,7 @@ export class Tickstream {
       // A proxy buffering the event stream looks like this: long-poll.
       this._closeConn();
       this._gen++;
+      this._connectStarted = Date.now();
       this._connectPoll(true);
       return;
     }

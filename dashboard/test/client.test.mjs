@@ -244,3 +244,51 @@ test('publish() queues while offline, overflows by refusing the newest, resends 
   assert.deepEqual(acks.map((a) => a.accepted), [1, 2]);
   assert.equal(c.status().queued, 0);
 });
+
+test('a WebSocket without welcome falls back to SSE, a silent SSE stream to long-polling, which resumes and publishes over HTTP', async (t) => {
+  const gets = [];
+  const polls = [];
+  const posts = [];
+  let pollAnswer = null; // resolves the pending long poll
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = async (url, init = {}) => {
+    if (url.includes('/sse?')) {
+      gets.push(url);
+      // A buffering proxy: the stream never delivers.
+      return new Response(new ReadableStream({}), { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+    }
+    if (url.includes('/api/publish')) {
+      posts.push({ headers: init.headers, body: JSON.parse(init.body) });
+      return new Response(JSON.stringify({ accepted: 1, refused: [], seqs: { A: 12 } }), { status: 200 });
+    }
+    polls.push(url);
+    if (polls.length === 1) {
+      return new Response(JSON.stringify({ messages: [upd('A', 11, 1, 1)], cursor: 'e1~A=11' }), { status: 200 });
+    }
+    const body = await new Promise((r) => { pollAnswer = r; });
+    return new Response(JSON.stringify(body), { status: 200 });
+  };
+  t.after(() => { globalThis.fetch = realFetch; pollAnswer && pollAnswer({ messages: [], cursor: '' }); });
+  const { c, got, states } = setup(t, { deliverTimeoutMs: 30, producer: 'pp' });
+  c.cursors.classify({ type: 'snapshot', topic: 'A', epoch: 'e1', seq: 10 });
+  c.start();
+  await until('long-poll', () => c.status().transport === 'poll' && c.status().state === 'live');
+  assert.equal(FakeWS.all.length, 1);
+  assert.equal(gets.length, 1);
+  assert.ok(states.includes('live/poll'));
+  // The first poll resumes from the applied cursors and does not wait.
+  const q1 = new URL(polls[0]).searchParams;
+  assert.equal(q1.get('cursor'), 'e1~A=10');
+  assert.equal(q1.get('timeout_ms'), '0');
+  assert.equal(q1.get('topics'), '*');
+  await until('second poll', () => polls.length === 2 && pollAnswer);
+  assert.equal(new URL(polls[1]).searchParams.get('cursor'), 'e1~A=11');
+  pollAnswer({ messages: [upd('A', 12, 1, 2)], cursor: 'e1~A=12' });
+  await until('update', () => got.some((m) => m.seq === 12));
+  assert.equal(c.cursors.gaps, 0);
+  // publish() goes over HTTP with the producer id.
+  const ack = await c.publish({ topic: 'A', price: 3 });
+  assert.equal(ack.accepted, 1);
+  assert.equal(posts[0].headers['X-Producer-Id'], 'pp');
+  assert.equal(posts[0].body[0].mid, 'pp.1');
+});
