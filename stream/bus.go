@@ -292,6 +292,12 @@ func (s *FeedSink) Publish(t tick.Tick) error {
 	return err
 }
 
+// PublishSeq is Publish that also returns the tick's seq (for publish
+// acks).
+func (s *FeedSink) PublishSeq(t tick.Tick) (uint64, error) {
+	return s.bus.publish(t, s.in, s.refused)
+}
+
 func (b *Bus) lookup(name string) *topic {
 	b.mu.RLock()
 	t := b.topics[name]

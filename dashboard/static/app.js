@@ -2,7 +2,7 @@
 // built on tickstream.js and TradingView Lightweight Charts (loaded as the
 // global LightweightCharts by the vendored standalone build).
 
-import { Tickstream, Candles } from './tickstream.js';
+import { Tickstream, Candles, TransportName } from './tickstream.js';
 
 const LWC = globalThis.LightweightCharts;
 const INTERVALS = { '1s': 1000, '1m': 60000, '5m': 300000, '1h': 3600000 };
@@ -642,14 +642,17 @@ function renderBadge(s) {
   const badge = $('badge');
   badge.dataset.state = s.state;
   badge.dataset.transport = s.transport || '';
+  badge.dataset.queued = String(s.queued || 0);
+  const via = TransportName[s.transport] || s.transport;
   let text;
   switch (s.state) {
-    case 'live': text = 'Live · ' + (s.transport === 'ws' ? 'WebSocket' : 'SSE'); break;
-    case 'lagging': text = `Lagging · ${s.throttleMs} ms · ${s.transport === 'ws' ? 'WebSocket' : 'SSE'}`; break;
+    case 'live': text = 'Live · ' + via; break;
+    case 'lagging': text = `Lagging · ${s.throttleMs} ms · ${via}`; break;
     case 'reconnecting': text = `Reconnecting in ${Math.ceil(s.retryInMs / 1000)} s`; break;
     case 'offline': text = 'Offline'; break;
     default: text = 'Connecting…';
   }
+  if (s.queued > 0) text += ` · ${s.queued} queued`;
   badge.querySelector('.label').textContent = text;
   badge.title = client.stats.lastError && s.state !== 'live' ? 'Last problem: ' + client.stats.lastError : '';
   $('st-conn').textContent = s.transport ? `${s.transport} · session ${client.session ? client.session.slice(0, 8) : '—'}` : '';

@@ -8,12 +8,17 @@
 //   ts.onState((s) => badge.textContent = s.state);
 //   ts.start();
 //
-// It connects over WebSocket (/ws) and falls back to one SSE stream (/sse)
-// when WebSocket cannot connect; reconnects with exponential backoff and
+// It connects over WebSocket (/ws), falls back to one SSE stream (/sse)
+// when WebSocket cannot connect or delivers nothing within a timeout, and
+// to long-polling (/poll) when SSE delivers nothing either (a proxy that
+// buffers event streams); reconnects with exponential backoff and
 // full jitter, honouring the server's retry hints; resumes every topic from
 // its (epoch, seq) cursor so that nothing is lost or repeated; detects a
 // dead link from missing heartbeats; and hands messages to the page in one
-// batch per animation frame. See dashboard/README.md.
+// batch per animation frame. publish() sends ticks (over the WebSocket, or
+// POST /api/publish on the other transports) with message ids, queues them
+// while offline and resends them on reconnect with the same ids, so that
+// the server publishes each once. See dashboard/README.md.
 
 /** Splits one WebSocket frame or SSE data block into messages. A frame may
  * carry several JSON messages separated by "\n". Lines that are not JSON
@@ -104,6 +109,17 @@ export class Cursors {
     }
     return out;
   }
+}
+
+/** The inline cursor (an SSE event id) of the positions in cursors:
+ * epoch~topic=seq,…!epoch~…, as /sse and /poll take it. */
+export function inlineCursor(cursors) {
+  const byEpoch = new Map();
+  for (const [t, c] of cursors.map) {
+    if (!byEpoch.has(c.epoch)) byEpoch.set(c.epoch, []);
+    byEpoch.get(c.epoch).push(t + '=' + c.seq);
+  }
+  return [...byEpoch].map(([e, items]) => e + '~' + items.join(',')).join('!');
 }
 
 /** Start of the bar that holds ts, for bars of ms milliseconds. */
@@ -308,6 +324,12 @@ const OPEN_TIMEOUT_MS = 8000; // a WebSocket that has not opened by then is refu
 const STABLE_MS = 5000; // a connection live this long resets the backoff
 const COALESCE_AT = 2000; // queued messages past which updates merge per topic
 const ACK_TIMEOUT_MS = 10000;
+const DELIVER_TIMEOUT_MS = 8000; // a transport that delivers nothing by then is given up (auto)
+const MAX_POLL_MS = 25000; // the longest a long poll waits
+const DEFAULT_MAX_QUEUE = 1000; // publish() calls waiting for their ack
+
+/** Transport names, as status().transport reports them. */
+export const TransportName = Object.freeze({ ws: 'WebSocket', sse: 'SSE', poll: 'Long-poll' });
 
 /** Tickstream is one live connection to a tickstream server. */
 export class Tickstream {
@@ -316,14 +338,21 @@ export class Tickstream {
    * @param {string} [opts.url] server base URL (default: the page's origin)
    * @param {string[]} [opts.topics] topics or patterns ("crypto.*", "*")
    * @param {number} [opts.throttleMs] coalescing window, 0 = every tick
-   * @param {'auto'|'ws'|'sse'} [opts.transport] default 'auto': WebSocket,
-   *   falling back to SSE
+   * @param {'auto'|'ws'|'sse'|'poll'} [opts.transport] default 'auto':
+   *   WebSocket, falling back to SSE, then to long-polling
    * @param {number} [opts.maxBackoffMs] reconnect cap (default 30000)
    * @param {string|function(): string} [opts.token] a JWT for a server with
    *   auth on, or a function that returns the current one (asked at each
    *   connect, so a reconnect after expiry picks up a fresh token). Sent as
    *   the WebSocket subprotocol `bearer.<token>` (beside `tickstream`) and
-   *   as `?token=` on SSE.
+   *   as `?token=` on SSE, long-poll and HTTP publish.
+   * @param {number} [opts.deliverTimeoutMs] how long a transport may take
+   *   to deliver its first message (welcome) before 'auto' gives it up for
+   *   the next one (default 8000)
+   * @param {string} [opts.producer] producer id for publish() (default: a
+   *   random one per instance)
+   * @param {number} [opts.maxQueue] publish() calls that may wait for their
+   *   ack (default 1000); past it publish() rejects (see onOverflow)
    */
   constructor(opts = {}) {
     const loc = globalThis.location;
@@ -333,11 +362,14 @@ export class Tickstream {
     this.transportPref = opts.transport || 'auto';
     this.maxBackoffMs = opts.maxBackoffMs || 30000;
     this.token = opts.token || null;
+    this.deliverTimeoutMs = opts.deliverTimeoutMs || DELIVER_TIMEOUT_MS;
+    this.producer = opts.producer || 'js-' + Math.random().toString(36).slice(2, 12) + Date.now().toString(36);
+    this.maxQueue = opts.maxQueue || DEFAULT_MAX_QUEUE;
     this.cursors = new Cursors();
     this.stats = { connects: 0, resets: 0, fallbacks: 0, messages: 0, bad: 0, lastError: null };
 
     this.state = State.OFFLINE;
-    this.transport = null; // 'ws' | 'sse' while connected
+    this.transport = null; // 'ws' | 'sse' | 'poll' while connected
     this.lagging = false;
     this.laggingThrottleMs = 0;
     this.retryAt = 0;
@@ -353,6 +385,12 @@ export class Tickstream {
     this._retryHint = null;
     this._wsRefused = false; // WebSocket failed to open but SSE worked
     this._wsWorked = false; // a WebSocket opened on this page
+    this._sseRefused = false; // SSE delivered nothing but long-polling worked
+    this._sseWorked = false; // an SSE stream delivered on this page
+    this._pub = []; // publish() calls waiting for their ack, oldest first
+    this._pubSeq = 0; // message ids handed out
+    this._pubBusy = false; // an HTTP publish is in flight
+    this._overflowFns = [];
     this._conn = null; // current connection object
     this._gen = 0; // connection generation; stale callbacks compare it
     this._timers = new Set();
@@ -373,7 +411,13 @@ export class Tickstream {
    * status, ack, error, welcome). */
   onBatch(fn) { this._batchFns.push(fn); return this; }
 
-  /** Registers fn({state, transport, retryInMs, lagging, throttleMs}). */
+  /** Registers fn({queued, rejected}) called when publish() finds the
+   * queue full: the new call is rejected (with an Error whose code is
+   * 'queue_full'), the queued ones are kept. */
+  onOverflow(fn) { this._overflowFns.push(fn); return this; }
+
+  /** Registers fn({state, transport, retryInMs, lagging, throttleMs,
+   * queued}). */
   onState(fn) { this._stateFns.push(fn); fn(this.status()); return this; }
 
   /** The current connection status. */
@@ -384,6 +428,7 @@ export class Tickstream {
       retryInMs: this.state === State.RECONNECTING ? Math.max(0, this.retryAt - Date.now()) : 0,
       lagging: this.lagging,
       throttleMs: this.lagging ? this.laggingThrottleMs : this.throttleMs,
+      queued: this._pub.length,
     };
   }
 
@@ -414,6 +459,35 @@ export class Tickstream {
     this._setState(State.OFFLINE);
   }
 
+  /** Publishes one tick or an array of ticks ({topic, ts, price, …}) and
+   * resolves with the server's ack ({accepted, duplicates, refused:
+   * [{index, code, error}], seqs}); it rejects only when the server
+   * refuses the request as a whole, or when the queue is full. Every tick
+   * gets a message id ("mid") under this client's producer id. While the
+   * client is not live the call waits in a queue, bounded by maxQueue;
+   * on reconnect the unacknowledged calls are sent again, in order, with
+   * the same ids, and the server answers a repeat with the original result
+   * instead of publishing it twice (within its idempotency window). */
+  publish(ticks) {
+    const list = Array.isArray(ticks) ? ticks : [ticks];
+    if (this._pub.length >= this.maxQueue) {
+      const err = new Error('publish queue full (' + this.maxQueue + ' waiting)');
+      err.code = 'queue_full';
+      for (const fn of this._overflowFns) fn({ queued: this._pub.length, rejected: list });
+      return Promise.reject(err);
+    }
+    return new Promise((resolve, reject) => {
+      const entry = {
+        id: this._nextId++,
+        ticks: list.map((t) => ({ ...t, mid: t.mid !== undefined ? t.mid : this.producer + '.' + (++this._pubSeq) })),
+        resolve, reject, sentGen: -1,
+      };
+      this._pub.push(entry);
+      this._emitState();
+      this._pumpPublish();
+    });
+  }
+
   /** Replaces the token (see opts.token) and, while connected, refreshes
    * it on the live connection, so that the server does not close it when
    * the old token expires. Resolves to true when the server sent or
@@ -423,6 +497,12 @@ export class Tickstream {
     const t = this._token();
     if (!t || !this._isLive()) return Promise.resolve(false);
     return this._send({ op: 'refresh', token: t });
+  }
+
+  /** headers plus Authorization: Bearer when a token is set. */
+  _authHeaders(headers) {
+    const t = this._token();
+    return t ? { ...headers, Authorization: 'Bearer ' + t } : headers;
   }
 
   /** The current token, or null. */
@@ -453,7 +533,7 @@ export class Tickstream {
   setThrottle(ms) {
     if (ms === this.throttleMs) return;
     this.throttleMs = ms;
-    if (!this._isLive() || this.topics.size === 0) return;
+    if (!this._isLive() || this.topics.size === 0 || this.transport === 'poll') return;
     const topics = [...this.topics];
     const unsubId = this._nextId++;
     this._discardUntilAck = unsubId;
@@ -490,8 +570,17 @@ export class Tickstream {
     this._connectStarted = Date.now();
     this._setState(State.CONNECTING);
     const pref = this.transportPref;
-    if (pref === 'sse' || (pref === 'auto' && this._wsRefused)) this._connectSSE(false);
+    if (pref === 'poll' || (pref === 'auto' && this._sseRefused)) this._connectPoll(false);
+    else if (pref === 'sse' || (pref === 'auto' && this._wsRefused)) this._connectSSE(false);
     else this._connectWS();
+    // A transport that connects but delivers nothing (a proxy that holds
+    // the upgrade, or buffers the event stream) is given up for the next.
+    const gen = this._gen;
+    this._after(this.deliverTimeoutMs, () => {
+      if (gen !== this._gen || this.state !== State.CONNECTING) return;
+      if (this.transport === 'ws' || (this._conn && this._conn.ws)) this._wsFailed(gen, new Error('WebSocket delivered nothing in ' + this.deliverTimeoutMs + ' ms'));
+      else if (this._conn && this._conn.sse) this._sseFailed(gen, new Error('SSE delivered nothing in ' + this.deliverTimeoutMs + ' ms'));
+    });
   }
 
   _closeConn() {
@@ -531,7 +620,6 @@ export class Tickstream {
     ws.onopen = () => {
       if (gen !== this._gen) return;
       conn.opened = true;
-      this._wsWorked = true;
       this._lastTraffic = Date.now();
       this.transport = 'ws';
       this._sendSubscribe();
@@ -544,7 +632,7 @@ export class Tickstream {
     ws.onerror = () => {}; // onclose follows with the details
     ws.onclose = (ev) => {
       if (gen !== this._gen) return;
-      if (!conn.opened) {
+      if (!conn.opened || !this._isLive()) {
         this._wsFailed(gen, new Error('WebSocket refused (close ' + ev.code + ')'));
         return;
       }
@@ -559,10 +647,34 @@ export class Tickstream {
       // A proxy refusing the upgrade looks like this: try SSE right away.
       this._closeConn();
       this._gen++;
+      this._connectStarted = Date.now(); // the watchdog judges each transport on its own
       this._connectSSE(true);
+      this._deliverOrFallback();
       return;
     }
     this._lost(this.stats.lastError, null);
+  }
+
+  _sseFailed(gen, err) {
+    if (gen !== this._gen) return;
+    this.stats.lastError = String(err && err.message || err);
+    if (this.transportPref === 'auto') {
+      // A proxy buffering the event stream looks like this: long-poll.
+      this._closeConn();
+      this._gen++;
+      this._connectStarted = Date.now();
+      this._connectPoll(true);
+      return;
+    }
+    this._lost(this.stats.lastError, null);
+  }
+
+  /** Gives the fallback SSE stream deliverTimeoutMs to deliver. */
+  _deliverOrFallback() {
+    const gen = this._gen;
+    this._after(this.deliverTimeoutMs, () => {
+      if (gen === this._gen && this.state === State.CONNECTING) this._sseFailed(gen, new Error('SSE delivered nothing in ' + this.deliverTimeoutMs + ' ms'));
+    });
   }
 
   _sendSubscribe() {
@@ -580,6 +692,93 @@ export class Tickstream {
     }
     if (this.transport === 'sse') return this._post(msg);
     return Promise.resolve(false);
+  }
+
+  // --- publishing ---------------------------------------------------------
+
+  /** Sends what waits in the publish queue: over a live WebSocket every
+   * entry not yet sent on it (acks come in order); on SSE or long-poll one
+   * POST /api/publish at a time. */
+  _pumpPublish() {
+    if (!this._pub.length || !this._isLive()) return;
+    const c = this._conn;
+    if (this.transport === 'ws') {
+      if (!c || !c.ws || c.ws.readyState !== 1) return;
+      for (const e of this._pub) {
+        if (e.sentGen === this._gen) continue;
+        e.sentGen = this._gen;
+        c.ws.send(JSON.stringify({ op: 'publish', id: e.id, producer: this.producer, ticks: e.ticks }));
+      }
+      return;
+    }
+    if (this._pubBusy) return;
+    this._pubBusy = true;
+    const gen = this._gen;
+    const e = this._pub[0];
+    this._postPublish(e).then((res) => {
+      this._pubBusy = false;
+      if (res.ack) this._settlePublish(e, res.ack, null);
+      else if (res.error) this._settlePublish(e, null, res.error);
+      else if (gen === this._gen) {
+        // The network failed: try again a little later, same ids.
+        this._after(backoffDelay(1, { capMs: 2000 }) + 250, () => this._pumpPublish());
+        return;
+      }
+      this._pumpPublish();
+    });
+  }
+
+  async _postPublish(e) {
+    try {
+      const res = await fetch(this.base + '/api/publish', {
+        method: 'POST',
+        headers: this._authHeaders({ 'Content-Type': 'application/json', 'X-Producer-Id': this.producer }),
+        body: JSON.stringify(e.ticks),
+      });
+      const body = await res.json().catch(() => null);
+      if (body && Number.isFinite(body.accepted)) {
+        return {
+          ack: {
+            type: 'ack', id: e.id, accepted: body.accepted, duplicates: body.duplicates || 0, seqs: body.seqs || {},
+            refused: (body.refused || []).map((r) => ({ index: r.line - 1, code: r.code, error: r.error })),
+          },
+        };
+      }
+      if (res.status >= 400 && res.status < 500 && res.status !== 429 && body && body.error) {
+        const err = new Error(body.message || body.error);
+        err.code = body.error;
+        return { error: err };
+      }
+      return {};
+    } catch (err) {
+      this.stats.lastError = String(err && err.message || err);
+      return {};
+    }
+  }
+
+  _settlePublish(e, ack, err) {
+    const i = this._pub.indexOf(e);
+    if (i < 0) return;
+    this._pub.splice(i, 1);
+    this._emitState();
+    if (err) e.reject(err);
+    else e.resolve(ack);
+  }
+
+  /** Routes a WebSocket ack or error to its publish() call. Returns true
+   * when m answered one. */
+  _publishAnswer(m) {
+    if (m.id === undefined || !this._pub.length) return false;
+    const e = this._pub.find((x) => x.id === m.id);
+    if (!e) return false;
+    if (m.type === 'ack') {
+      this._settlePublish(e, m, null);
+    } else {
+      const err = new Error(m.message || m.code);
+      err.code = m.code;
+      this._settlePublish(e, null, err);
+    }
+    return true;
   }
 
   async _post(msg) {
@@ -604,7 +803,7 @@ export class Tickstream {
   async _connectSSE(fallback) {
     const gen = this._gen;
     const abort = new AbortController();
-    const conn = { abort, opened: false };
+    const conn = { abort, opened: false, sse: true };
     this._conn = conn;
     const q = new URLSearchParams();
     q.set('throttle_ms', String(this.throttleMs));
@@ -623,9 +822,11 @@ export class Tickstream {
     if (useId) q.set('last_event_id', this._sseLastId);
     const token = this._token();
     if (token) q.set('token', token);
-    this._after(OPEN_TIMEOUT_MS, () => {
-      if (gen === this._gen && !conn.opened) this._lost('SSE open timed out', null);
-    });
+    if (this.transportPref !== 'auto') {
+      this._after(OPEN_TIMEOUT_MS, () => {
+        if (gen === this._gen && !conn.opened) this._lost('SSE open timed out', null);
+      });
+    }
     let res;
     try {
       res = await fetch(this.base + '/sse?' + q.toString(), {
@@ -651,20 +852,28 @@ export class Tickstream {
     }
     conn.opened = true;
     this.transport = 'sse';
+    const fellBack = fallback;
+    fallback = false; // counted at the first event, when SSE has delivered
     // The new stream's ids start afresh.
     this._sseLastId = null;
     this._sseIdTopics = new Set();
     this._sseIdTrusted = true;
     this._lastTraffic = Date.now();
-    if (fallback) {
-      // Stay on SSE only if WebSocket never worked on this page: a WebSocket
-      // that worked before and fails now is more likely an outage than a
-      // proxy, so the next reconnect tries it first again.
-      if (!this._wsWorked) this._wsRefused = true;
-      this.stats.fallbacks++;
-    }
+    let delivered = false;
     const parser = new SSEParser({
       onEvent: (ev) => {
+        if (!delivered) {
+          delivered = true;
+          this._sseWorked = true;
+          if (fellBack) {
+            // Stay on SSE only if WebSocket never worked on this page: a
+            // WebSocket that worked before and fails now is more likely an
+            // outage than a proxy, so the next reconnect tries it first
+            // again.
+            if (!this._wsWorked) this._wsRefused = true;
+            this.stats.fallbacks++;
+          }
+        }
         const msgs = splitFrame(ev.data, () => this.stats.bad++);
         if (ev.id) {
           this._sseLastId = ev.id;
@@ -690,6 +899,60 @@ export class Tickstream {
       if (gen !== this._gen) return;
     }
     if (gen === this._gen) this._lost('SSE stream ended', this._retryHint);
+  }
+
+  /** Long-polling: GET /poll in a loop, each answer's cursor the next
+   * request's. The first request resumes from the cursors of what was
+   * applied and does not wait, so that the connection is known to work. */
+  async _connectPoll(fallback) {
+    const gen = this._gen;
+    const abort = new AbortController();
+    const conn = { abort, opened: false, poll: true };
+    this._conn = conn;
+    let cursor = inlineCursor(this.cursors);
+    for (;;) {
+      const q = new URLSearchParams();
+      q.set('topics', [...this.topics].join(','));
+      q.set('throttle_ms', String(this.throttleMs));
+      q.set('timeout_ms', String(conn.opened ? Math.min(this.heartbeatMs || DEFAULT_HEARTBEAT_MS, MAX_POLL_MS) : 0));
+      if (cursor) q.set('cursor', cursor);
+      const token = this._token();
+      if (token) q.set('token', token);
+      let res;
+      let body;
+      try {
+        res = await fetch(this.base + '/poll?' + q.toString(), { cache: 'no-store', signal: abort.signal });
+        body = res.ok ? await res.json() : await res.json().catch(() => null);
+      } catch (e) {
+        if (gen === this._gen) this._lost('long-poll: ' + (e && e.message || e), null);
+        return;
+      }
+      if (gen !== this._gen) return;
+      if (!res.ok || !body || !Array.isArray(body.messages)) {
+        let hint = body && Number.isFinite(body.retry_ms) ? body.retry_ms : null;
+        const ra = Number(res.headers.get('Retry-After'));
+        if (hint === null && ra > 0) hint = ra * 1000;
+        this._lost('long-poll: HTTP ' + res.status, hint);
+        return;
+      }
+      this._lastTraffic = Date.now();
+      if (!conn.opened) {
+        conn.opened = true;
+        this.transport = 'poll';
+        if (fallback) {
+          if (!this._sseWorked) this._sseRefused = true;
+          if (!this._wsWorked) this._wsRefused = true;
+          this.stats.fallbacks++;
+        }
+        this.stats.connects++;
+        this.lagging = false;
+        this._setState(State.LIVE);
+        this._after(STABLE_MS, () => { if (gen === this._gen) this._attempt = 0; });
+        this._pumpPublish();
+      }
+      this._receive(body.messages);
+      if (typeof body.cursor === 'string') cursor = body.cursor;
+    }
   }
 
   /** The connection is gone: schedule a reconnect. */
@@ -775,12 +1038,18 @@ export class Tickstream {
           if (Number.isFinite(m.server_time)) this.clockSkewMs = m.server_time - Date.now();
           this.stats.connects++;
           this.lagging = false;
+          if (this.transport === 'ws') this._wsWorked = true;
           this._setState(State.LIVE);
           const gen = this._gen;
           this._after(STABLE_MS, () => { if (gen === this._gen) this._attempt = 0; });
+          this._pumpPublish();
           break;
         }
+        case 'error':
+          if (this._publishAnswer(m)) continue;
+          break;
         case 'ack':
+          if (m.accepted !== undefined && this._publishAnswer(m)) continue;
           if (this._discardUntilAck !== null && m.id === this._discardUntilAck) {
             this._discardUntilAck = null;
             continue; // the unsubscribe half of a re-subscribe

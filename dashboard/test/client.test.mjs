@@ -207,6 +207,93 @@ test('SSE with exact topics resumes with last_event_id', async (t) => {
   assert.equal(FakeWS.all.length, 0, 'transport sse never tries WebSocket');
 });
 
+test('publish() queues while offline, overflows by refusing the newest, resends with the same ids', async (t) => {
+  const { c } = setup(t, { producer: 'pg', maxQueue: 3 });
+  const overflow = [];
+  c.onOverflow((e) => overflow.push(e));
+  const acks = [];
+  const p1 = c.publish({ topic: 'A', price: 1 }).then((a) => acks.push(a));
+  const p2 = c.publish([{ topic: 'A', price: 2 }, { topic: 'B', price: 3 }]).then((a) => acks.push(a));
+  const p3 = c.publish({ topic: 'A', price: 4, mid: 'own' });
+  assert.equal(c.status().queued, 3);
+  await assert.rejects(c.publish({ topic: 'A', price: 5 }), (e) => e.code === 'queue_full');
+  assert.equal(overflow.length, 1);
+  assert.equal(overflow[0].queued, 3);
+
+  c.start();
+  await until('open', () => FakeWS.all.length === 1 && FakeWS.all[0].readyState === 1);
+  const ws = FakeWS.all[0];
+  ws.deliver(welcome);
+  await until('publishes sent', () => ws.sent.filter((m) => m.op === 'publish').length === 3);
+  const pubs = ws.sent.filter((m) => m.op === 'publish');
+  assert.deepEqual(pubs.map((m) => m.ticks.map((tk) => tk.mid)), [['pg.1'], ['pg.2', 'pg.3'], ['own']]);
+  assert.ok(pubs.every((m) => m.producer === 'pg'));
+  // The first is acknowledged, then the connection drops.
+  ws.deliver({ type: 'ack', id: pubs[0].id, accepted: 1, refused: [], seqs: { A: 1 } });
+  await p1;
+  ws.drop(1006, '');
+  await until('reconnect', () => FakeWS.all.length === 2 && FakeWS.all[1].readyState === 1);
+  const ws2 = FakeWS.all[1];
+  ws2.deliver(welcome);
+  await until('resent', () => ws2.sent.filter((m) => m.op === 'publish').length === 2);
+  const again = ws2.sent.filter((m) => m.op === 'publish');
+  assert.deepEqual(again.map((m) => [m.id, m.ticks.map((tk) => tk.mid)]), [[pubs[1].id, ['pg.2', 'pg.3']], [pubs[2].id, ['own']]]);
+  ws2.deliver({ type: 'ack', id: pubs[1].id, accepted: 2, duplicates: 2, refused: [], seqs: { A: 2, B: 1 } },
+    { type: 'error', id: pubs[2].id, code: 'forbidden', message: 'no publish right' });
+  await p2;
+  await assert.rejects(p3, (e) => e.code === 'forbidden');
+  assert.deepEqual(acks.map((a) => a.accepted), [1, 2]);
+  assert.equal(c.status().queued, 0);
+});
+
+test('a WebSocket without welcome falls back to SSE, a silent SSE stream to long-polling, which resumes and publishes over HTTP', async (t) => {
+  const gets = [];
+  const polls = [];
+  const posts = [];
+  let pollAnswer = null; // resolves the pending long poll
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = async (url, init = {}) => {
+    if (url.includes('/sse?')) {
+      gets.push(url);
+      // A buffering proxy: the stream never delivers.
+      return new Response(new ReadableStream({}), { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+    }
+    if (url.includes('/api/publish')) {
+      posts.push({ headers: init.headers, body: JSON.parse(init.body) });
+      return new Response(JSON.stringify({ accepted: 1, refused: [], seqs: { A: 12 } }), { status: 200 });
+    }
+    polls.push(url);
+    if (polls.length === 1) {
+      return new Response(JSON.stringify({ messages: [upd('A', 11, 1, 1)], cursor: 'e1~A=11' }), { status: 200 });
+    }
+    const body = await new Promise((r) => { pollAnswer = r; });
+    return new Response(JSON.stringify(body), { status: 200 });
+  };
+  t.after(() => { globalThis.fetch = realFetch; pollAnswer && pollAnswer({ messages: [], cursor: '' }); });
+  const { c, got, states } = setup(t, { deliverTimeoutMs: 30, producer: 'pp' });
+  c.cursors.classify({ type: 'snapshot', topic: 'A', epoch: 'e1', seq: 10 });
+  c.start();
+  await until('long-poll', () => c.status().transport === 'poll' && c.status().state === 'live');
+  assert.equal(FakeWS.all.length, 1);
+  assert.equal(gets.length, 1);
+  assert.ok(states.includes('live/poll'));
+  // The first poll resumes from the applied cursors and does not wait.
+  const q1 = new URL(polls[0]).searchParams;
+  assert.equal(q1.get('cursor'), 'e1~A=10');
+  assert.equal(q1.get('timeout_ms'), '0');
+  assert.equal(q1.get('topics'), '*');
+  await until('second poll', () => polls.length === 2 && pollAnswer);
+  assert.equal(new URL(polls[1]).searchParams.get('cursor'), 'e1~A=11');
+  pollAnswer({ messages: [upd('A', 12, 1, 2)], cursor: 'e1~A=12' });
+  await until('update', () => got.some((m) => m.seq === 12));
+  assert.equal(c.cursors.gaps, 0);
+  // publish() goes over HTTP with the producer id.
+  const ack = await c.publish({ topic: 'A', price: 3 });
+  assert.equal(ack.accepted, 1);
+  assert.equal(posts[0].headers['X-Producer-Id'], 'pp');
+  assert.equal(posts[0].body[0].mid, 'pp.1');
+});
+
 test('passes a token: WebSocket subprotocol, refresh, fresh token on reconnect, SSE ?token=', async (t) => {
   let current = 'T1';
   const { c } = setup(t, { token: () => current });

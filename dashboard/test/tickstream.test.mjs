@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   splitFrame, backoffDelay, parseRetryHint, Cursors, Candles, bucketStart,
-  mergeUpdates, coalesce, SSEParser,
+  mergeUpdates, coalesce, SSEParser, inlineCursor,
 } from '../static/tickstream.js';
 
 test('splitFrame splits on \\n and skips blank and bad lines', () => {
@@ -177,4 +177,13 @@ test('SSEParser handles chunks, comments, retry, ids and CRLF', () => {
   const q = new SSEParser({ onEvent: (e) => all.push(e) });
   q.push(stream);
   assert.deepEqual(all, events);
+});
+
+test('inlineCursor writes the positions as an SSE event id', () => {
+  const c = new Cursors();
+  assert.equal(inlineCursor(c), '');
+  c.classify({ type: 'snapshot', topic: 'A', epoch: 'e1', seq: 3 });
+  c.classify({ type: 'snapshot', topic: 'B', epoch: 'e2', seq: 7 });
+  c.classify({ type: 'snapshot', topic: 'C', epoch: 'e1', seq: 1 });
+  assert.equal(inlineCursor(c), 'e1~A=3,C=1!e2~B=7');
 });

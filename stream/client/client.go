@@ -15,6 +15,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/tickstream/tickstream/feeds/tick"
 	"github.com/tickstream/tickstream/stream/protocol"
 )
 
@@ -270,6 +271,9 @@ type request struct {
 	Topics     []string                   `json:"topics,omitempty"`
 	ThrottleMS *int64                     `json:"throttle_ms,omitempty"`
 	Resume     map[string]protocol.Cursor `json:"resume,omitempty"`
+	Producer   string                     `json:"producer,omitempty"`
+	Mid        json.RawMessage            `json:"mid,omitempty"`
+	Ticks      []tick.Tick                `json:"ticks,omitempty"`
 }
 
 // roundTrip sends req with a fresh id and reads until the answer of type

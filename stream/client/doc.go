@@ -38,7 +38,15 @@
 //		}
 //	}
 //
-// Concurrency: Next, Subscribe, Unsubscribe and Ping read the connection,
+// Publishing: Conn.Publish sends one publish op and waits for its ack. A
+// Producer keeps its own connection: Producer.Publish queues a batch under
+// a fresh message id (at most ProducerOptions.MaxQueue wait; one more fails
+// with ErrQueueFull), sends the queue in order, and after a dropped
+// connection redials and sends what was not acknowledged again with the
+// same ids, which the server answers from its idempotency window instead
+// of publishing twice.
+//
+// Concurrency: Next, Subscribe, Unsubscribe, Ping and Publish read the connection,
 // so they are called from one goroutine; the other methods may be called
 // from any.
 package client

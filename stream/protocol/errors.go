@@ -39,6 +39,19 @@ const (
 	CodeRateLimited   = "rate_limited"    // too many messages per second
 	CodeForbidden     = "forbidden"       // the token does not allow it (auth on)
 	CodeTokenExpired  = "token_expired"   // the connection's token expired (SSE, before the stream ends)
+	CodeEmpty         = "empty"           // a publish with no ticks
+	CodeBadMid        = "bad_mid"         // a mid or Idempotency-Key is malformed
+	CodeBadProducer   = "bad_producer"    // a producer id is malformed
+)
+
+// Codes of a refused tick in a publish answer (HTTP and WebSocket alike).
+const (
+	CodeBadField      = "bad_field"       // a field is not a finite number, or is given twice
+	CodeNonFinite     = "non_finite"      // NaN or ±Inf
+	CodeTooManyFields = "too_many_fields" // over the per-tick field limit
+	CodeOverLimit     = "over_limit"      // over a bus limit (topics, ts too far from now)
+	CodeClosed        = "closed"          // the bus is closed
+	CodeInternal      = "internal"        // anything else
 )
 
 // Error is a refused client message, sent to the client as an error

@@ -15,6 +15,7 @@ const (
 	OpSubscribe   = "subscribe"
 	OpUnsubscribe = "unsubscribe"
 	OpPing        = "ping"
+	OpPublish     = "publish"
 )
 
 // Cursor is a resume position: the last (epoch, seq) a client has of a
@@ -31,6 +32,12 @@ type Op struct {
 	Topics     []string          `json:"topics"`
 	ThrottleMS *int64            `json:"throttle_ms"`
 	Resume     map[string]Cursor `json:"resume"`
+	// Publish only: the ticks (each as the HTTP publish takes it, with an
+	// optional "mid"), the batch's own message id and the producer the
+	// ids belong to.
+	Ticks    []json.RawMessage `json:"ticks"`
+	Mid      json.RawMessage   `json:"mid"`
+	Producer string            `json:"producer"`
 }
 
 // ParseOp decodes one client message and checks what can be checked
@@ -58,11 +65,21 @@ func ParseOp(frame []byte) (Op, *Error) {
 	switch op.Op {
 	case OpPing:
 		return op, nil
+	case OpPublish:
+		switch {
+		case len(op.Ticks) == 0:
+			return fail(CodeEmpty, `"ticks" is empty`)
+		case len(op.Mid) > 0 && !ValidMid(op.Mid):
+			return fail(CodeBadMid, "mid: want a string or number of at most %d bytes", MaxMidLen)
+		case op.Producer != "" && !ValidProducer(op.Producer):
+			return fail(CodeBadProducer, "producer %q: want 1-64 characters of [A-Za-z0-9._:-]", op.Producer)
+		}
+		return op, nil
 	case OpSubscribe, OpUnsubscribe:
 	case "":
-		return fail(CodeUnknownOp, `missing "op" (want subscribe, unsubscribe or ping)`)
+		return fail(CodeUnknownOp, `missing "op" (want subscribe, unsubscribe, ping or publish)`)
 	default:
-		return fail(CodeUnknownOp, "unknown op %q (want subscribe, unsubscribe or ping)", op.Op)
+		return fail(CodeUnknownOp, "unknown op %q (want subscribe, unsubscribe, ping or publish)", op.Op)
 	}
 	if len(op.Topics) == 0 {
 		return fail(CodeBadTopic, `"topics" is empty`)
@@ -130,4 +147,42 @@ func Quantize(d time.Duration) time.Duration {
 		return 0
 	}
 	return (d + q - 1) / q * q
+}
+
+// MaxMidLen is the longest producer message id ("mid") of a tick or a
+// publish batch (and of an Idempotency-Key).
+const MaxMidLen = 128
+
+// ValidMid reports whether raw (JSON) is a usable message id: a non-empty
+// string or a number, at most MaxMidLen bytes as written.
+func ValidMid(raw json.RawMessage) bool {
+	if len(raw) == 0 || len(raw) > MaxMidLen {
+		return false
+	}
+	var v any
+	if json.Unmarshal(raw, &v) != nil {
+		return false
+	}
+	switch v := v.(type) {
+	case float64:
+		return true
+	case string:
+		return v != ""
+	}
+	return false
+}
+
+// ValidProducer reports whether p can name a producer: 1-64 characters of
+// [A-Za-z0-9._:-].
+func ValidProducer(p string) bool {
+	if len(p) == 0 || len(p) > 64 {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

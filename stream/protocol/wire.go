@@ -23,6 +23,10 @@ type WireMessage struct {
 	Message     string             `json:"message,omitempty"`      // error
 	Lagging     *bool              `json:"lagging,omitempty"`      // status
 	ThrottleMS  *int64             `json:"throttle_ms,omitempty"`  // status
+	Accepted    *int               `json:"accepted,omitempty"`     // ack of a publish
+	Duplicates  int                `json:"duplicates,omitempty"`   // ack of a publish
+	Refused     []Refusal          `json:"refused,omitempty"`      // ack of a publish
+	Seqs        map[string]uint64  `json:"seqs,omitempty"`         // ack of a publish
 }
 
 // WireAgg is an update's agg. O, H, L and C are nil when the window had

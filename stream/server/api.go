@@ -110,59 +110,54 @@ func (s *Server) handleCandles(c *fiber.Ctx) error {
 // refusedTick says why one tick of a publish was refused.
 type refusedTick struct {
 	Line  int    `json:"line"` // 1-based line (NDJSON) or array index + 1
+	Code  string `json:"code"`
 	Error string `json:"error"`
-	Code  string `json:"code,omitempty"` // a stable code, for refusals that have one (forbidden)
 }
 
 type publishResult struct {
-	Accepted int           `json:"accepted"`
-	Refused  []refusedTick `json:"refused"`
+	Accepted   int               `json:"accepted"`
+	Duplicates int               `json:"duplicates,omitempty"`
+	Refused    []refusedTick     `json:"refused"`
+	Seqs       map[string]uint64 `json:"seqs"`
 }
 
 // handlePublish accepts ticks as a JSON array or as NDJSON. Good ticks land
-// even when others in the batch are refused; each refusal says why. With
-// auth on it needs a token whose publish claim covers each tick's topic:
-// a token with no publish right is answered 403, and a tick outside its
-// patterns is refused with code forbidden (403 when no tick is accepted
-// and one was forbidden).
+// even when others in the batch are refused; each refusal says why. An
+// Idempotency-Key header makes the whole request idempotent, a "mid" in a
+// tick that tick, within the producer's window (X-Producer-Id; see
+// idemStore).
 func (s *Server) handlePublish(c *fiber.Ctx) error {
 	claims, err := s.authenticate(c)
 	if err != nil {
 		return err
 	}
-	if claims != nil && len(claims.Publish.Patterns) == 0 {
-		return forbidden(c, "the token has no publish right")
+	producer, allowed, perr := s.authorizePublish(claims, c.Get("X-Producer-Id"))
+	if perr == nil && c.Get("X-Producer-Id") != "" && !protocol.ValidProducer(c.Get("X-Producer-Id")) {
+		perr = &protocol.Error{Code: protocol.CodeBadProducer, Message: "X-Producer-Id: want 1-64 characters of [A-Za-z0-9._:-]"}
+	}
+	if perr != nil {
+		status := fiber.StatusBadRequest
+		if perr.Code == protocol.CodeForbidden {
+			status = fiber.StatusForbidden
+		}
+		return apiError(c, status, perr.Code, perr.Message)
+	}
+	var batchMid json.RawMessage
+	if key := c.Get("Idempotency-Key"); key != "" {
+		batchMid, _ = json.Marshal(key)
+		if !protocol.ValidMid(batchMid) {
+			return apiError(c, fiber.StatusBadRequest, protocol.CodeBadMid, fmt.Sprintf("Idempotency-Key: at most %d bytes", protocol.MaxMidLen-2))
+		}
 	}
 	body := bytes.TrimSpace(c.Body())
 	if len(body) == 0 {
 		return apiError(c, fiber.StatusBadRequest, "empty", "send ticks as a JSON array or as NDJSON, one tick per line")
 	}
-	res := publishResult{Refused: []refusedTick{}}
-	forbade := false
-	publish := func(line int, raw []byte) {
-		t, err := feeds.ParseTick(raw)
-		if err == nil && claims != nil && !claims.CanPublish(t.Topic) {
-			forbade = true
-			res.Refused = append(res.Refused, refusedTick{Line: line, Code: protocol.CodeForbidden,
-				Error: fmt.Sprintf("forbidden: the token does not allow publishing to %q", t.Topic)})
-			return
-		}
-		if err == nil {
-			err = s.cfg.PublishSink.Publish(t)
-		}
-		if err != nil {
-			res.Refused = append(res.Refused, refusedTick{Line: line, Error: err.Error()})
-			return
-		}
-		res.Accepted++
-	}
+	var items []json.RawMessage
+	var lines []int // NDJSON: the line of each item
 	if body[0] == '[' {
-		var items []json.RawMessage
 		if err := json.Unmarshal(body, &items); err != nil {
 			return apiError(c, fiber.StatusBadRequest, "bad_json", "the body starts with [ but is not a JSON array: "+err.Error())
-		}
-		for i, raw := range items {
-			publish(i+1, raw)
 		}
 	} else {
 		sc := bufio.NewScanner(bytes.NewReader(body))
@@ -172,13 +167,23 @@ func (s *Server) handlePublish(c *fiber.Ctx) error {
 			if len(raw) == 0 {
 				continue
 			}
-			publish(line, raw)
+			items = append(items, append(json.RawMessage(nil), raw...))
+			lines = append(lines, line)
 		}
+	}
+	r := s.publishTicks(producer, allowed, batchMid, items)
+	res := publishResult{Accepted: r.Accepted, Duplicates: r.Duplicates, Refused: make([]refusedTick, 0, len(r.Refused)), Seqs: r.Seqs}
+	for _, f := range r.Refused {
+		line := f.Index + 1
+		if lines != nil {
+			line = lines[f.Index]
+		}
+		res.Refused = append(res.Refused, refusedTick{Line: line, Code: f.Code, Error: f.Error})
 	}
 	status := fiber.StatusOK
 	if res.Accepted == 0 && len(res.Refused) > 0 {
 		status = fiber.StatusBadRequest
-		if forbade {
+		if slices.ContainsFunc(res.Refused, func(r refusedTick) bool { return r.Code == protocol.CodeForbidden }) {
 			status = fiber.StatusForbidden
 		}
 	}

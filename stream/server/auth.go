@@ -202,3 +202,16 @@ func (s *Server) refreshSSE(c *fiber.Ctx, sub *stream.Subscriber, op refreshOp) 
 	}
 	return c.JSON(fiber.Map{"ok": true, "op": "refresh", "exp": claims.Expiry().Unix()})
 }
+
+// claimsOf returns the current (possibly refreshed) claims of a stream,
+// nil with auth off.
+func (s *Server) claimsOf(sub *stream.Subscriber) *auth.Claims {
+	v, ok := s.auths.Load(sub)
+	if !ok {
+		return nil
+	}
+	a := v.(*connAuth)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cl
+}

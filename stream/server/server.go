@@ -74,6 +74,21 @@ type Config struct {
 	// means auth off: every client may read every topic, and publishing
 	// is as open as the rest of the configuration leaves it.
 	Auth *auth.Authorizer
+	// The idempotency window of publishes (see idemStore): per producer,
+	// the last IdempotencyIDs message ids for at most IdempotencyTTL; at
+	// most IdempotencyProducers producers (least recently active
+	// forgotten first) and IdempotencyTotalIDs ids in all (about 300
+	// bytes each). Zero values mean 10,000 ids, 10 minutes, 1,024
+	// producers and 200,000 ids in all.
+	IdempotencyIDs       int
+	IdempotencyTTL       time.Duration
+	IdempotencyProducers int
+	IdempotencyTotalIDs  int
+	// PollTimeout is how long GET /poll waits for a first message when
+	// the request gives no timeout_ms; MaxPollTimeout is the most a
+	// request may ask. Zero values mean 25 s and 60 s.
+	PollTimeout    time.Duration
+	MaxPollTimeout time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -110,6 +125,24 @@ func (c *Config) setDefaults() error {
 	if c.SendBufferBytes == 0 {
 		c.SendBufferBytes = 256 << 10
 	}
+	if c.IdempotencyIDs == 0 {
+		c.IdempotencyIDs = 10_000
+	}
+	if c.IdempotencyTTL == 0 {
+		c.IdempotencyTTL = 10 * time.Minute
+	}
+	if c.IdempotencyProducers == 0 {
+		c.IdempotencyProducers = 1024
+	}
+	if c.IdempotencyTotalIDs == 0 {
+		c.IdempotencyTotalIDs = 200_000
+	}
+	if c.PollTimeout == 0 {
+		c.PollTimeout = 25 * time.Second
+	}
+	if c.MaxPollTimeout == 0 {
+		c.MaxPollTimeout = 60 * time.Second
+	}
 	return nil
 }
 
@@ -128,6 +161,7 @@ type Server struct {
 	streams  map[*stream.Subscriber]net.Conn // open /ws and /sse streams: their sockets
 	sessions map[string]*stream.Subscriber   // SSE sessions by id
 	cursors  *cursorStore                    // SSE cursor logs
+	idem     *idemStore                      // recent publish ids
 	wg       sync.WaitGroup                  // stream handlers
 
 	listeners []net.Listener // passed to Serve, closed by Shutdown; guarded by mu
@@ -151,6 +185,7 @@ func New(cfg Config) (*Server, error) {
 		streams:  make(map[*stream.Subscriber]net.Conn),
 		sessions: make(map[string]*stream.Subscriber),
 		cursors:  newCursorStore(),
+		idem:     newIdemStore(cfg.IdempotencyIDs, cfg.IdempotencyProducers, cfg.IdempotencyTotalIDs, cfg.IdempotencyTTL),
 	}
 	s.app = fiber.New(fiber.Config{
 		DisableStartupMessage: true,
@@ -171,6 +206,7 @@ func (s *Server) routes() {
 	app := s.app
 	app.Get("/ws", s.wsUpgrade)
 	app.Get("/sse", s.handleSSE)
+	app.Get("/poll", s.handlePoll)
 	app.Post("/api/sse/:session", s.handleSSEControl)
 	app.Get("/api/topics", s.handleTopics)
 	app.Get("/api/history", s.handleHistory)

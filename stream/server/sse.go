@@ -90,12 +90,13 @@ func sseError(c *fiber.Ctx, status int, code, msg string) error {
 	return apiError(c, status, code, msg)
 }
 
-func (s *Server) handleSSE(c *fiber.Ctx) error {
-	claims, err := s.authenticate(c)
-	if err != nil {
-		return err
-	}
-	var req stream.SubscribeRequest
+// streamRequest reads what an SSE stream or a long poll delivers: the
+// topics and throttle_ms of the query, resumed from cursor (an SSE event
+// id, either form), whose topics are resumed too. expired says that a
+// reference cursor could no longer be resolved: the delivery starts
+// afresh. On a bad request it writes the error response and returns
+// errAnswered.
+func (s *Server) streamRequest(c *fiber.Ctx, cursor, cursorName string) (req stream.SubscribeRequest, expired bool, err error) {
 	for _, t := range strings.Split(c.Query("topics"), ",") {
 		if t = strings.TrimSpace(t); t != "" {
 			req.Topics = append(req.Topics, t)
@@ -107,25 +108,21 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 			ms = -1
 		}
 		if _, perr := protocol.Throttle(nil, ms, s.bus.Config().MaxThrottle.Milliseconds()); perr != nil {
-			return sseError(c, fiber.StatusBadRequest, perr.Code, perr.Message)
+			return req, false, answered(sseError(c, fiber.StatusBadRequest, perr.Code, perr.Message))
 		}
 		req.ThrottleMS = &ms
 	}
 	for _, t := range req.Topics {
 		if !protocol.ValidSub(t) {
 			perr := protocol.BadSub(nil, t)
-			return sseError(c, fiber.StatusBadRequest, perr.Code, perr.Message)
+			return req, false, answered(sseError(c, fiber.StatusBadRequest, perr.Code, perr.Message))
 		}
 	}
-	lastID := c.Get("Last-Event-ID")
-	if q := c.Query("last_event_id"); q != "" {
-		lastID = q
-	}
-	cur, err := protocol.ParseCursor(lastID)
+	cur, err := protocol.ParseCursor(cursor)
 	if err != nil {
-		return sseError(c, fiber.StatusBadRequest, protocol.CodeBadResume, "Last-Event-ID is not a tickstream cursor")
+		return req, false, answered(sseError(c, fiber.StatusBadRequest, protocol.CodeBadResume, cursorName+" is not a tickstream cursor"))
 	}
-	resume, expired := cur.Positions, false
+	resume := cur.Positions
 	if cur.IsRef() {
 		if resume, err = s.cursors.resolve(cur.Stream, cur.Event); err != nil {
 			// Not a 4xx: the browser would retry the same id forever.
@@ -154,8 +151,25 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 	req.Topics = append(req.Topics, cursorTopics...)
 	req.Resume = resume
 	if max := s.bus.Config().MaxTopicsPerSubscriber; len(req.Topics) > max {
-		return sseError(c, fiber.StatusBadRequest, protocol.CodeTooManyTopics, fmt.Sprintf("at most %d topics per stream", max))
+		return req, expired, answered(sseError(c, fiber.StatusBadRequest, protocol.CodeTooManyTopics, fmt.Sprintf("at most %d topics per stream", max)))
 	}
+	return req, expired, nil
+}
+
+func (s *Server) handleSSE(c *fiber.Ctx) error {
+	claims, err := s.authenticate(c)
+	if err != nil {
+		return err
+	}
+	lastID := c.Get("Last-Event-ID")
+	if q := c.Query("last_event_id"); q != "" {
+		lastID = q
+	}
+	req, expired, err := s.streamRequest(c, lastID, "Last-Event-ID")
+	if err != nil {
+		return err
+	}
+	resume := req.Resume
 
 	if err := s.admit(c); err != nil {
 		return err

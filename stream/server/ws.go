@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -152,6 +153,7 @@ func (s *Server) serveWS(c *websocket.Conn) {
 		_ = conn.SetReadDeadline(time.Now().Add(time.Second))
 	}()
 
+	pub := &wsPublisher{s: s, sub: sub}
 	for {
 		typ, msg, err := conn.ReadMessage()
 		if err != nil {
@@ -163,6 +165,9 @@ func (s *Server) serveWS(c *websocket.Conn) {
 			sub.Refuse(nil, protocol.CodeFrameTooLarge, "message of "+strconv.Itoa(len(msg))+" bytes; at most "+strconv.Itoa(s.cfg.MaxFrameBytes))
 		case typ != fastws.TextMessage:
 			sub.Refuse(nil, protocol.CodeBadJSON, "binary frames are not supported; send JSON text frames")
+		case isPublish(msg):
+			pub.enqueue(msg)
+			extend() // the wait for room is not the client's silence
 		default:
 			if op, ok := parseRefresh(msg); ok {
 				s.refreshWS(sub, ca, op)
@@ -171,9 +176,76 @@ func (s *Server) serveWS(c *websocket.Conn) {
 			_, _ = sub.Handle(msg)
 		}
 	}
+	pub.stop()
 	sub.Close(nil)
 	_ = sock.Close() // unblocks a writer stuck on a dead client
 	<-writerDone
+}
+
+// wsPublishQueue is how many publish ops of one connection wait for the
+// publisher. Past it the reader waits for room: the acks come later and
+// TCP pushes back on the producer, while the connection's deliveries go
+// on (they have their own goroutine). Nothing is dropped.
+const wsPublishQueue = 64
+
+var publishOp = []byte(`"publish"`)
+
+// isPublish tells a publish op from the others without parsing: a false
+// positive is parsed as a publish and answered as the op it is.
+func isPublish(msg []byte) bool { return bytes.Contains(msg, publishOp) }
+
+// wsPublisher runs one connection's publish ops in order, off the reader's
+// goroutine, and puts their acks on the connection's outbound queue. It
+// starts at the first publish.
+type wsPublisher struct {
+	s    *Server
+	sub  *stream.Subscriber
+	jobs chan []byte
+	done chan struct{}
+}
+
+func (p *wsPublisher) enqueue(frame []byte) {
+	if p.jobs == nil {
+		p.jobs = make(chan []byte, wsPublishQueue)
+		p.done = make(chan struct{})
+		go p.run()
+	}
+	select {
+	case p.jobs <- frame:
+	case <-p.sub.Done():
+	}
+}
+
+// stop waits for the publishes already read: they are published even
+// when the connection has dropped (a resend with the same ids is then
+// answered from the idempotency window).
+func (p *wsPublisher) stop() {
+	if p.jobs != nil {
+		close(p.jobs)
+		<-p.done
+	}
+}
+
+func (p *wsPublisher) run() {
+	defer close(p.done)
+	for frame := range p.jobs {
+		op, perr := protocol.ParseOp(frame)
+		if perr == nil && op.Op != protocol.OpPublish {
+			_, _ = p.sub.Handle(frame) // "publish" was only in a value
+			continue
+		}
+		if perr != nil {
+			p.sub.Refuse(perr.ID, perr.Code, perr.Message)
+			continue
+		}
+		producer, allowed, perr := p.s.authorizePublish(p.s.claimsOf(p.sub), op.Producer)
+		if perr != nil {
+			p.sub.Refuse(op.ID, perr.Code, perr.Message)
+			continue
+		}
+		res := p.s.publishTicks(producer, allowed, op.Mid, op.Ticks)
+		p.sub.Send(protocol.TypeAck, protocol.EncodePublishAck(op.ID, res))
+	}
 }
 
 // closeWS sends a close frame whose reason carries a jittered retry hint.
