@@ -472,10 +472,11 @@ func TestRecordSteppedDownKeepsEveryTick(t *testing.T) {
 		}
 		return suffixOf(got, e.published)
 	})
-	for _, topic := range stepTopics {
-		if g, p := len(byTopic(got, topic)), len(byTopic(e.published, topic)); g < p-3 {
-			t.Errorf("%s: recorded %d of %d ticks", topic, g, p)
-		}
+	// The recording is a suffix of what was published (ticks published
+	// before the recorder subscribed are not in it): it must hold at
+	// least the burst and what came after, every tick once, in order.
+	if len(got) < n+10 {
+		t.Errorf("recorded %d ticks, want at least the %d of the burst and after", len(got), n+10)
 	}
 	if missing := e.log.sum(record.LogMissing, "missing"); missing != 0 {
 		t.Errorf("logged %d missing ticks, want none", missing)

@@ -396,7 +396,7 @@ func TestWSHeartbeat(t *testing.T) {
 	t.Run("pings and answering client stays", func(t *testing.T) {
 		t.Parallel()
 		c, _ := e.welcomeWS(t, wsOpts{})
-		checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
 			if n := c.pings.get(); n < 5 {
 				return fmt.Errorf("%d pings so far", n)
 			}
