@@ -342,7 +342,16 @@ type boardRow struct {
 	Cells  map[string]string `json:"cells"`
 }
 
-type bar = stream.Candle
+// bar is a chart bar as the page holds it (plain numbers).
+type bar struct {
+	T int64   `json:"t"`
+	O float64 `json:"o"`
+	H float64 `json:"h"`
+	L float64 `json:"l"`
+	C float64 `json:"c"`
+	V float64 `json:"v"`
+	N int64   `json:"n"`
+}
 
 type chartState struct {
 	Topic    string `json:"topic"`

@@ -108,8 +108,8 @@ func (t *topic) publish(tk *tick.Tick, accepted time.Time) uint64 {
 		t.histHead = (t.histHead + 1) % len(t.hist)
 	}
 
-	if price, ok := tk.Get(tick.FieldPrice); ok {
-		size, _ := tk.Get(tick.FieldSize)
+	if price, ok := tk.GetNum(tick.FieldPrice); ok {
+		size, _ := tk.GetNum(tick.FieldSize)
 		for i := range t.candles {
 			t.candles[i].fold(tk.TS, price, size, cfg.CandleDepth)
 		}

@@ -32,7 +32,7 @@ func AppendFields(b []byte, fs []tick.Field) []byte {
 		b = append(b, '"')
 		b = append(b, f.Name...)
 		b = append(b, '"', ':')
-		b = tick.AppendFloat(b, f.Value)
+		b = f.Value.Append(b)
 	}
 	return append(b, '}')
 }
@@ -59,17 +59,44 @@ func AppendUpdate(b []byte, topic, epoch string, seq uint64, ts int64, data []ti
 	b = strconv.AppendInt(b, agg.N, 10)
 	if agg.HasPrice {
 		b = append(b, `,"o":`...)
-		b = tick.AppendFloat(b, agg.O)
+		b = agg.O.Append(b)
 		b = append(b, `,"h":`...)
-		b = tick.AppendFloat(b, agg.H)
+		b = agg.H.Append(b)
 		b = append(b, `,"l":`...)
-		b = tick.AppendFloat(b, agg.L)
+		b = agg.L.Append(b)
 		b = append(b, `,"c":`...)
-		b = tick.AppendFloat(b, agg.C)
+		b = agg.C.Append(b)
 	}
 	b = append(b, `,"v":`...)
-	b = tick.AppendFloat(b, agg.V)
+	b = agg.V.Append(b)
+	if agg.Parts() {
+		b = append(b, `,"b":[`...)
+		for i := range agg.B {
+			b = appendPart(b, &agg.B[i])
+			b = append(b, ',')
+		}
+		b = appendPart(b, &agg.Cur)
+		b = append(b, ']')
+	}
 	return append(b, "}}"...)
+}
+
+func appendPart(b []byte, p *Part) []byte {
+	b = append(b, `{"t":`...)
+	b = strconv.AppendInt(b, p.T, 10)
+	b = append(b, `,"n":`...)
+	b = strconv.AppendInt(b, p.N, 10)
+	b = append(b, `,"o":`...)
+	b = p.O.Append(b)
+	b = append(b, `,"h":`...)
+	b = p.H.Append(b)
+	b = append(b, `,"l":`...)
+	b = p.L.Append(b)
+	b = append(b, `,"c":`...)
+	b = p.C.Append(b)
+	b = append(b, `,"v":`...)
+	b = p.V.Append(b)
+	return append(b, '}')
 }
 
 // AppendSnapshot appends a snapshot message.

@@ -1,0 +1,202 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/feedtest"
+	"github.com/tickstream/tickstream/feeds/replay"
+	"github.com/tickstream/tickstream/stream/protocol"
+)
+
+const binanceCSV = "../../testdata/ticks/binance_spot_trades_btcusdt_ethusdt_2024-08-08_head2000.csv"
+
+// rawTrade is one row of the Binance file, its numbers as the file's text.
+type rawTrade struct {
+	ts          int64
+	price, size string
+}
+
+// binanceRaw reads the file per topic, in file order (= seq order).
+func binanceRaw(t *testing.T) map[string][]rawTrade {
+	names := map[string]string{"BTCUSDT": "BTC-USD", "ETHUSDT": "ETH-USD"}
+	out := map[string][]rawTrade{}
+	for _, l := range feedtest.Lines(t, binanceCSV)[1:] {
+		r := strings.Split(l, ",")
+		var ts int64
+		fmt.Sscan(r[0], &ts)
+		out[names[r[1]]] = append(out[names[r[1]]], rawTrade{ts: ts, price: r[3], size: r[4]})
+	}
+	return out
+}
+
+func rat(t *testing.T, s string) *big.Rat {
+	t.Helper()
+	r, ok := new(big.Rat).SetString(s)
+	if !ok {
+		t.Fatalf("not a decimal: %q", s)
+	}
+	return r
+}
+
+// offlineBar is a bar computed with math/big from the raw text.
+type offlineBar struct {
+	o, h, l, c string
+	v          *big.Rat
+	n          int
+}
+
+func (b *offlineBar) fold(t *testing.T, tr rawTrade) {
+	if b.n == 0 {
+		b.o, b.h, b.l, b.v = tr.price, tr.price, tr.price, new(big.Rat)
+	}
+	p := rat(t, tr.price)
+	if p.Cmp(rat(t, b.h)) > 0 {
+		b.h = tr.price
+	}
+	if p.Cmp(rat(t, b.l)) < 0 {
+		b.l = tr.price
+	}
+	b.c = tr.price
+	b.v.Add(b.v, rat(t, tr.size))
+	b.n++
+}
+
+// startReplay runs the replay feed of the Binance file into e's bus.
+func startReplay(t *testing.T, e *env, opts string) {
+	t.Helper()
+	reg := &feeds.Registry{}
+	reg.Register("replay", replay.New)
+	var node yaml.Node
+	if err := yaml.Unmarshal([]byte(opts), &node); err != nil {
+		t.Fatal(err)
+	}
+	s, err := feeds.NewSupervisor(feeds.SupervisorConfig{
+		Registry: reg, Feeds: []feeds.Config{{Name: "binance", Type: "replay", Options: *node.Content[0]}},
+		Sink:       func(name string) feeds.Sink { return e.bus.Sink(name) },
+		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, HealthyAfter: 20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Close(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// rawUpdate is an update with its agg's numbers as the wire's text.
+type rawUpdate struct {
+	Topic string `json:"topic"`
+	Seq   uint64 `json:"seq"`
+	Agg   struct {
+		N int64           `json:"n"`
+		O json.RawMessage `json:"o"`
+		H json.RawMessage `json:"h"`
+		L json.RawMessage `json:"l"`
+		C json.RawMessage `json:"c"`
+		V json.RawMessage `json:"v"`
+	} `json:"agg"`
+}
+
+// TestReplayExactDecimals replays recorded Binance trades (prices and
+// sizes as 8-decimal strings) through the server and checks, digit for
+// digit against math/big sums of the file's text, every update's agg at
+// several throttles and every 1s and 1m candle of /api/candles.
+func TestReplayExactDecimals(t *testing.T) {
+	t.Parallel()
+	e := startServer(t, nil) // no ts limits: the file is from 2024
+	raw := binanceRaw(t)
+	throttles := []int{0, 20, 250}
+	clients := make([]*wsClient, len(throttles))
+	for i, th := range throttles {
+		c, _ := e.welcomeWS(t, wsOpts{})
+		c.send(subscribeMsg{Op: "subscribe", ID: 1, Topics: []string{"BTC-USD", "ETH-USD"}, ThrottleMS: ms(th)})
+		c.expect(protocol.TypeAck)
+		clients[i] = c
+	}
+	startReplay(t, e, `{file: "`+binanceCSV+`", topic_column: symbol, ts_column: trade_time_ms, ts_unit: ms, speed: 40, fields: {price: price, size: qty}, rename: {BTCUSDT: BTC-USD, ETHUSDT: ETH-USD}}`)
+
+	for i, c := range clients {
+		last := map[string]uint64{}
+		updates := 0
+		deadline := time.Now().Add(30 * time.Second)
+		for last["BTC-USD"] < uint64(len(raw["BTC-USD"])) || last["ETH-USD"] < uint64(len(raw["ETH-USD"])) {
+			m := c.next(time.Until(deadline))
+			if m.Type != protocol.TypeUpdate {
+				t.Fatalf("throttle %d: got %s, want updates", throttles[i], m)
+			}
+			var u rawUpdate
+			if err := json.Unmarshal([]byte(m.raw), &u); err != nil {
+				t.Fatal(err)
+			}
+			var want offlineBar
+			for s := last[u.Topic] + 1; s <= u.Seq; s++ {
+				want.fold(t, raw[u.Topic][s-1])
+			}
+			got := fmt.Sprintf("n=%d o=%s h=%s l=%s c=%s v=%s", u.Agg.N, u.Agg.O, u.Agg.H, u.Agg.L, u.Agg.C, u.Agg.V)
+			exp := fmt.Sprintf("n=%d o=%s h=%s l=%s c=%s v=%s", want.n, want.o, want.h, want.l, want.c, want.v.FloatString(8))
+			if got != exp {
+				t.Fatalf("throttle %d: %s (%d, %d]:\n got %s\nwant %s", throttles[i], u.Topic, last[u.Topic], u.Seq, got, exp)
+			}
+			last[u.Topic] = u.Seq
+			updates++
+		}
+		t.Logf("throttle %d: %d updates, exact", throttles[i], updates)
+	}
+
+	for _, iv := range []struct {
+		name string
+		ms   int64
+	}{{"1s", 1000}, {"1m", 60_000}} {
+		for topic, trades := range raw {
+			var want []offlineBar
+			var starts []int64
+			for _, tr := range trades {
+				t0 := tr.ts - tr.ts%iv.ms
+				if n := len(starts); n == 0 || starts[n-1] != t0 {
+					starts = append(starts, t0)
+					want = append(want, offlineBar{})
+				}
+				want[len(want)-1].fold(t, tr)
+			}
+			var got []map[string]json.RawMessage
+			e.doT(t, "GET", "/api/candles?topic="+topic+"&interval="+iv.name+"&limit=1000", "", nil, &got)
+			if len(got) != len(want) {
+				t.Fatalf("%s %s: %d candles, want %d", topic, iv.name, len(got), len(want))
+			}
+			for k, g := range got {
+				w := want[k]
+				exp := fmt.Sprintf("t=%d n=%d o=%s h=%s l=%s c=%s v=%s", starts[k], w.n, w.o, w.h, w.l, w.c, w.v.FloatString(8))
+				gs := fmt.Sprintf("t=%s n=%s o=%s h=%s l=%s c=%s v=%s", g["t"], g["n"], g["o"], g["h"], g["l"], g["c"], g["v"])
+				if gs != exp {
+					t.Fatalf("%s %s candle %d:\n got %s\nwant %s", topic, iv.name, k, gs, exp)
+				}
+			}
+		}
+	}
+	// The whole file's volume, e.g. ETH's 2261.3149 (float64 sums gave
+	// 2261.3148999999617).
+	var body bytes.Buffer
+	for topic, trades := range raw {
+		sum := new(big.Rat)
+		for _, tr := range trades {
+			sum.Add(sum, rat(t, tr.size))
+		}
+		fmt.Fprintf(&body, "%s %s ", topic, sum.FloatString(8))
+	}
+	t.Log("file volumes:", body.String())
+}
