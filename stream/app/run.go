@@ -65,6 +65,9 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		LagThrottle:            ms(s.LagThrottleMS),
 		Heartbeat:              ms(s.HeartbeatMS),
 		MaxTopicsPerSubscriber: s.MaxTopicsPerConn,
+		MaxFutureSkew:          limitSetting(s.MaxFutureSkewMS),
+		MaxTickAge:             limitSetting(s.MaxTickAgeMS),
+		TSPolicy:               stream.TSPolicy(s.TSPolicy),
 		Metrics:                stream.NewMetrics(reg),
 		Logger:                 log,
 	})
@@ -161,4 +164,16 @@ func sendBufferSetting(n int) int {
 		return -1
 	}
 	return n
+}
+
+// limitSetting maps a ms limit setting to BusConfig's: -1 (no limit) is
+// 0, and 0 (no tolerance at all) is 1 ns, which compares as 0 ms.
+func limitSetting(ms int) time.Duration {
+	switch {
+	case ms < 0:
+		return 0
+	case ms == 0:
+		return time.Nanosecond
+	}
+	return time.Duration(ms) * time.Millisecond
 }

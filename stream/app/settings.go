@@ -39,6 +39,9 @@ type Settings struct {
 	AcceptBurst       int     `yaml:"accept_burst" help:"token bucket size for new connections" default:"500" min:"1" max:"1000000"`
 	SendBufferBytes   int     `yaml:"send_buffer_bytes" help:"kernel send buffer (SO_SNDBUF) per connection, so a slow client's backlog stays where it is bounded; 0 = the system's autotuning" default:"262144" min:"0" max:"67108864"`
 	DisableWebSocket  bool    `yaml:"disable_websocket" help:"refuse /ws upgrades, as a proxy that blocks WebSocket would (clients fall back to SSE)" default:"false"`
+	MaxFutureSkewMS   int     `yaml:"max_future_skew_ms" help:"how far a tick's ts may be ahead of the server's clock; -1 = no limit" default:"5000" min:"-1" max:"31536000000"`
+	MaxTickAgeMS      int     `yaml:"max_tick_age_ms" help:"how far a tick's ts may be behind the server's clock; -1 = no limit" default:"86400000" min:"-1" max:"3153600000000"`
+	TSPolicy          string  `yaml:"ts_policy" help:"a tick whose ts is past those limits: refuse (with a reason) or stamp (ts = accept time)" default:"refuse"`
 	ShutdownTimeoutMS int     `yaml:"shutdown_timeout_ms" help:"how long graceful shutdown may take; a second signal exits at once" default:"5000" min:"100" max:"600000"`
 
 	// Feeds come from the config file only. None means one sim feed.
@@ -229,6 +232,11 @@ func (s *Settings) validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return &SettingError{Setting: "log_level", Source: "value " + strconv.Quote(s.LogLevel), Err: errors.New("want debug, info, warn or error")}
+	}
+	switch s.TSPolicy {
+	case "refuse", "stamp":
+	default:
+		return &SettingError{Setting: "ts_policy", Source: "value " + strconv.Quote(s.TSPolicy), Err: errors.New("want refuse or stamp")}
 	}
 	switch s.LogFormat {
 	case "text", "json":

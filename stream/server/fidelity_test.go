@@ -15,7 +15,9 @@ import (
 	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/feeds/feedtest"
 	"github.com/tickstream/tickstream/feeds/replay"
+	"github.com/tickstream/tickstream/stream"
 	"github.com/tickstream/tickstream/stream/protocol"
+	"github.com/tickstream/tickstream/stream/server"
 )
 
 const binanceCSV = "../../testdata/ticks/binance_spot_trades_btcusdt_ethusdt_2024-08-08_head2000.csv"
@@ -199,4 +201,83 @@ func TestReplayExactDecimals(t *testing.T) {
 		fmt.Fprintf(&body, "%s %s ", topic, sum.FloatString(8))
 	}
 	t.Log("file volumes:", body.String())
+}
+
+// TestTimestampPolicy publishes over HTTP: a tick an hour in the future
+// and one two days old are refused with a reason (not accepted into a
+// bar that freezes the candles, nor silently dropped from them); a tick
+// within the allowed skew does not stop later ticks from getting their
+// own bars; a late tick folds into its older bar; a fractional ms is
+// truncated, never rounded into the next bar. With ts_policy stamp the
+// same ticks are accepted at the accept time.
+func TestTimestampPolicy(t *testing.T) {
+	t.Parallel()
+	for _, policy := range []stream.TSPolicy{stream.TSRefuse, stream.TSStamp} {
+		t.Run(string(policy), func(t *testing.T) {
+			t.Parallel()
+			e := startServer(t, func(bc *stream.BusConfig, _ *server.Config) {
+				bc.MaxFutureSkew, bc.MaxTickAge, bc.TSPolicy = 5*time.Second, 24*time.Hour, policy
+			})
+			now := time.Now().UnixMilli()
+			sec := now - now%1000 - 10_000 // a whole second, 10 s ago
+			lines := []string{
+				fmt.Sprintf(`{"topic":"TS","ts":%d,"price":"1.00","size":"1"}`, sec),
+				fmt.Sprintf(`{"topic":"TS","ts":%d,"price":"9.00","size":"1"}`, now+3_600_000), // far future
+				fmt.Sprintf(`{"topic":"TS","ts":%d,"price":"2.00","size":"1"}`, sec+3_000),
+				fmt.Sprintf(`{"topic":"TS","ts":%d,"price":"7.00","size":"1"}`, now-2*86_400_000), // too old
+				fmt.Sprintf(`{"topic":"TS","ts":%d,"price":"3.00","size":"1"}`, sec+1_000),        // late, own bar
+				fmt.Sprintf(`{"topic":"TS","ts":"%d.9996","price":"4.00","size":"1"}`, sec+1_999), // truncated
+				fmt.Sprintf(`{"topic":"TS","ts":%d,"price":"0.50","size":"1"}`, sec+10),           // late, into bar sec
+				fmt.Sprintf(`{"topic":"TS","ts":%d,"price":"5.00","size":"1"}`, sec+4_000),
+			}
+			var out struct {
+				Accepted int `json:"accepted"`
+				Refused  []struct {
+					Line  int    `json:"line"`
+					Error string `json:"error"`
+				} `json:"refused"`
+			}
+			status, raw := e.post("/api/publish", "application/x-ndjson", []byte(strings.Join(lines, "\n")), &out)
+			if status != 200 {
+				t.Fatalf("publish: %d %s", status, raw)
+			}
+			type bar struct {
+				T          int64
+				O, H, L, C string
+				N          int64
+			}
+			var want []bar
+			if policy == stream.TSRefuse {
+				if out.Accepted != 6 || len(out.Refused) != 2 || out.Refused[0].Line != 2 || out.Refused[1].Line != 4 ||
+					!strings.Contains(out.Refused[0].Error, "in the future") || !strings.Contains(out.Refused[1].Error, "old") {
+					t.Fatalf("publish answered %s: want lines 2 and 4 refused with their reasons", raw)
+				}
+				want = []bar{{sec, "1.00", "1.00", "0.50", "1.00", 2}, {sec + 1000, "3.00", "4.00", "3.00", "3.00", 2},
+					{sec + 3000, "2.00", "2.00", "2.00", "2.00", 1}, {sec + 4000, "5.00", "5.00", "5.00", "5.00", 1}}
+			} else if out.Accepted != 8 || len(out.Refused) != 0 {
+				t.Fatalf("publish answered %s: want all 8 accepted", raw)
+			}
+			var bars []map[string]json.RawMessage
+			e.doT(t, "GET", "/api/candles?topic=TS&interval=1s", "", nil, &bars)
+			var got []bar
+			for _, b := range bars {
+				var g bar
+				json.Unmarshal(b["t"], &g.T)
+				json.Unmarshal(b["n"], &g.N)
+				g.O, g.H, g.L, g.C = string(b["o"]), string(b["h"]), string(b["l"]), string(b["c"])
+				got = append(got, g)
+			}
+			if policy == stream.TSStamp {
+				// The two stamped ticks are in bars at the accept time,
+				// after every other tick's bar.
+				if len(got) < 5 || got[len(got)-1].T < now-now%1000 || got[3].T != sec+4000 {
+					t.Fatalf("bars %+v: want the stamped ticks at the accept time", got)
+				}
+				return
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("1s bars\n got %+v\nwant %+v", got, want)
+			}
+		})
+	}
 }
