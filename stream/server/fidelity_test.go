@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/big"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +17,9 @@ import (
 	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/feeds/feedtest"
 	"github.com/tickstream/tickstream/feeds/replay"
+	"github.com/tickstream/tickstream/feeds/tick"
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/client"
 	"github.com/tickstream/tickstream/stream/protocol"
 	"github.com/tickstream/tickstream/stream/server"
 )
@@ -201,6 +205,91 @@ func TestReplayExactDecimals(t *testing.T) {
 		fmt.Fprintf(&body, "%s %s ", topic, sum.FloatString(8))
 	}
 	t.Log("file volumes:", body.String())
+}
+
+// TestCandlesFromUpdatesLaggingTS publishes ticks whose ts lags the
+// server's clock by about 80 ms (jittered, so some go back across a
+// second boundary) over several seconds, and checks that clients at
+// throttle 250 ms and 2 s, folding only their updates with client.Bars,
+// have exactly the 1s and 1m bars of /api/candles.
+func TestCandlesFromUpdatesLaggingTS(t *testing.T) {
+	t.Parallel()
+	e := startServer(t, nil)
+	throttles := []int{250, 2000}
+	clients := make([]*wsClient, len(throttles))
+	for i, th := range throttles {
+		c, _ := e.welcomeWS(t, wsOpts{})
+		c.send(subscribeMsg{Op: "subscribe", ID: 1, Topics: []string{"LAG"}, ThrottleMS: ms(th)})
+		c.expect(protocol.TypeAck)
+		clients[i] = c
+	}
+	rng := rand.New(rand.NewPCG(80, 80))
+	var last uint64
+	end := time.Now().Add(4500 * time.Millisecond)
+	price := 1000.0
+	for i := 0; time.Now().Before(end); i++ {
+		price += float64(rng.IntN(21)-10) / 100
+		ts := time.Now().Add(-80*time.Millisecond - time.Duration(rng.IntN(40))*time.Millisecond).UnixMilli()
+		tk := feeds.Tick{Topic: "LAG", TS: ts}
+		tk.SetNum("price", tick.MustNum(strconv.FormatFloat(price, 'f', 2, 64)))
+		tk.SetNum("size", tick.MustNum(fmt.Sprintf("0.%05d", 1+rng.IntN(99999))))
+		if i%7 == 3 {
+			tk.Fields = tk.Fields[:1:1] // a trade without size
+		}
+		if i%11 == 5 {
+			tk.Fields = []feeds.Field{f("bid", price-0.01)} // a quote: no price
+		}
+		seq, err := e.bus.Publish("test", tk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = seq
+		time.Sleep(time.Duration(2+rng.IntN(6)) * time.Millisecond)
+	}
+
+	var want = map[string][]stream.Candle{}
+	for _, iv := range []string{"1s", "1m"} {
+		var bars []stream.Candle
+		e.doT(t, "GET", "/api/candles?topic=LAG&interval="+iv+"&limit=1000", "", nil, &bars)
+		want[iv] = bars
+	}
+	if len(want["1s"]) < 4 {
+		t.Fatalf("only %d 1s bars", len(want["1s"]))
+	}
+	for i, c := range clients {
+		bars := map[string]*client.Bars{"1s": client.NewBars(1000, nil), "1m": client.NewBars(60_000, nil)}
+		parts := 0
+		deadline := time.Now().Add(20 * time.Second)
+		for seq := uint64(0); seq < last; {
+			m := c.next(time.Until(deadline))
+			if m.Type != protocol.TypeUpdate {
+				t.Fatalf("throttle %d: got %s, want updates", throttles[i], m)
+			}
+			for _, b := range bars {
+				b.Fold(m.WireMessage)
+			}
+			if len(m.Agg.B) > 0 {
+				parts++
+			}
+			seq = m.Seq
+		}
+		for iv, b := range bars {
+			got := b.Last(1000)
+			if len(got) != len(want[iv]) {
+				t.Fatalf("throttle %d %s: %d bars from updates, %d from /api/candles", throttles[i], iv, len(got), len(want[iv]))
+			}
+			for k, g := range got {
+				w := want[iv][k]
+				if g != (client.Bar{T: w.T, O: w.O, H: w.H, L: w.L, C: w.C, V: w.V, N: w.N}) {
+					t.Fatalf("throttle %d %s bar %d:\n got %+v\nwant %+v", throttles[i], iv, k, g, w)
+				}
+			}
+		}
+		if parts == 0 {
+			t.Errorf("throttle %d: no update carried agg.b", throttles[i])
+		}
+		t.Logf("throttle %d: %d 1s bars exact, %d updates with parts", throttles[i], len(want["1s"]), parts)
+	}
 }
 
 // TestTimestampPolicy publishes over HTTP: a tick an hour in the future
