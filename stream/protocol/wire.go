@@ -22,6 +22,7 @@ type WireMessage struct {
 	TS          int64               `json:"ts,omitempty"`           // snapshot, update
 	Data        map[string]tick.Num `json:"data,omitempty"`         // snapshot, update
 	Agg         *WireAgg            `json:"agg,omitempty"`          // update
+	Ref         *Ref                `json:"ref,omitempty"`          // snapshot
 	Reason      string              `json:"reason,omitempty"`       // reset
 	Code        string              `json:"code,omitempty"`         // error
 	Message     string              `json:"message,omitempty"`      // error

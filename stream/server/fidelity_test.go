@@ -370,3 +370,35 @@ func TestTimestampPolicy(t *testing.T) {
 		})
 	}
 }
+
+// TestReferenceFigures: /api/topics and the snapshot carry the topic's
+// rolling 24-hour figures from the server, the same on every reload.
+func TestReferenceFigures(t *testing.T) {
+	t.Parallel()
+	e := startServer(t, nil)
+	now := time.Now().UnixMilli()
+	hour := func(ts int64) int64 { return ts - ts%3_600_000 }
+	e.publish("REF", now-30*3_600_000, f("price", 50), f("size", 100))   // older than the period
+	e.publish("REF", now-20*3_600_000, f("price", 100), f("size", 0.25)) // the open
+	e.publish("REF", now-2*3_600_000, f("price", 120.5), f("size", 1.5))
+	e.publish("REF", now-1000, f("price", 95.25), f("size", 0.0161))
+	e.publish("REF", now, f("bid", 95)) // no price: not in the figures
+	want := fmt.Sprintf(`{"since":%d,"o":100,"h":120.5,"l":95.25,"v":1.7661,"n":3}`, hour(now-20*3_600_000))
+
+	var topics []map[string]json.RawMessage
+	e.doT(t, "GET", "/api/topics", "", nil, &topics)
+	if len(topics) != 1 || string(topics[0]["ref"]) != want {
+		t.Fatalf("/api/topics ref %s, want %s", topics[0]["ref"], want)
+	}
+	c, _ := e.welcomeWS(t, wsOpts{})
+	c.send(subscribeMsg{Op: "subscribe", ID: 1, Topics: []string{"REF"}})
+	c.expect(protocol.TypeAck)
+	snap := c.expect(protocol.TypeSnapshot)
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(snap.raw), &raw); err != nil {
+		t.Fatal(err)
+	}
+	if string(raw["ref"]) != want {
+		t.Fatalf("snapshot %s: ref, want %s", snap.raw, want)
+	}
+}
