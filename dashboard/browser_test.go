@@ -93,7 +93,7 @@ func (ts *testServer) startBus(seed func(*stream.Bus)) {
 	if seed != nil {
 		seed(bus)
 	}
-	src, err := sim.NewSource("sim", sim.Options{Rate: 20})
+	src, err := sim.NewSource("sim", sim.Options{Rate: 20, History: -1}) // live ticks only
 	if err != nil {
 		ts.t.Fatal(err)
 	}
