@@ -93,7 +93,7 @@ func (ts *testServer) startBus(seed func(*stream.Bus)) {
 	if seed != nil {
 		seed(bus)
 	}
-	src, err := sim.NewSource("sim", sim.Options{Rate: 20})
+	src, err := sim.NewSource("sim", sim.Options{Rate: 20, History: -1}) // live ticks only
 	if err != nil {
 		ts.t.Fatal(err)
 	}
@@ -342,7 +342,16 @@ type boardRow struct {
 	Cells  map[string]string `json:"cells"`
 }
 
-type bar = stream.Candle
+// bar is a chart bar as the page holds it (plain numbers).
+type bar struct {
+	T int64   `json:"t"`
+	O float64 `json:"o"`
+	H float64 `json:"h"`
+	L float64 `json:"l"`
+	C float64 `json:"c"`
+	V float64 `json:"v"`
+	N int64   `json:"n"`
+}
 
 type chartState struct {
 	Topic    string `json:"topic"`

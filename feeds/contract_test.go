@@ -44,7 +44,7 @@ func (s *switchSource) Run(ctx context.Context, out feeds.Sink) error {
 			if s.bad.Load() {
 				topic = "bad topic"
 			}
-			if err := feeds.Deliver(out, feeds.Tick{Topic: topic, Fields: []feeds.Field{{Name: "price", Value: 1}}}); err != nil {
+			if err := feeds.Deliver(out, feeds.Tick{Topic: topic, Fields: []feeds.Field{feeds.F("price", 1)}}); err != nil {
 				return feeds.Stopped(err)
 			}
 		}

@@ -15,7 +15,7 @@ func (c countdown) Name() string { return "countdown" }
 
 func (c countdown) Run(ctx context.Context, out feeds.Sink) error {
 	for i := c.n; i > 0; i-- {
-		if err := out.Publish(feeds.Tick{Topic: "T-MINUS", TS: int64(1000 * i), Fields: []feeds.Field{{Name: "price", Value: float64(i)}}}); err != nil {
+		if err := out.Publish(feeds.Tick{Topic: "T-MINUS", TS: int64(1000 * i), Fields: []feeds.Field{feeds.F("price", float64(i))}}); err != nil {
 			return err
 		}
 	}

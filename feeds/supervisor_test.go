@@ -46,7 +46,7 @@ func (f *fakeSource) Run(ctx context.Context, out feeds.Sink) error {
 	case f.b.broken.Load():
 		return errors.New("connection refused")
 	case f.b.finish.Load():
-		return out.Publish(feeds.Tick{Topic: f.b.topic, TS: 1, Fields: []feeds.Field{{Name: "price", Value: 1}}})
+		return out.Publish(feeds.Tick{Topic: f.b.topic, TS: 1, Fields: []feeds.Field{feeds.F("price", 1)}})
 	}
 	tk := time.NewTicker(2 * time.Millisecond)
 	defer tk.Stop()
@@ -58,7 +58,7 @@ func (f *fakeSource) Run(ctx context.Context, out feeds.Sink) error {
 			if f.b.broken.Load() || f.b.panics.Load() {
 				return errors.New("lost connection")
 			}
-			if err := out.Publish(feeds.Tick{Topic: f.b.topic, Fields: []feeds.Field{{Name: "price", Value: float64(i)}}}); err != nil {
+			if err := out.Publish(feeds.Tick{Topic: f.b.topic, Fields: []feeds.Field{feeds.F("price", float64(i))}}); err != nil {
 				return err
 			}
 		}
@@ -292,7 +292,7 @@ func TestSupervisorExternalSink(t *testing.T) {
 		t.Error("second ExternalSink returned another sink")
 	}
 	for i := range 3 {
-		if err := sink.Publish(feeds.Tick{Topic: "X", TS: 1, Fields: []feeds.Field{{Name: "price", Value: float64(i)}}}); err != nil {
+		if err := sink.Publish(feeds.Tick{Topic: "X", TS: 1, Fields: []feeds.Field{feeds.F("price", float64(i))}}); err != nil {
 			t.Fatal(err)
 		}
 	}

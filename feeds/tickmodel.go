@@ -38,3 +38,6 @@ var (
 	ParseTick       = tick.ParseTick
 	AppendFloat     = tick.AppendFloat
 )
+
+// F returns a field from a float64; see tick.F.
+var F = tick.F

@@ -20,15 +20,17 @@ type window struct {
 func (w *window) empty() bool { return w.agg.N == 0 }
 
 func (w *window) fold(t *tick.Tick, seq uint64, accepted time.Time) {
-	w.agg.N++
+	var price, size tick.Num
+	priced := false
 	for _, f := range t.Fields {
 		switch f.Name {
 		case tick.FieldPrice:
-			w.agg.FoldPrice(f.Value)
+			price, priced = f.Value, true
 		case tick.FieldSize:
-			w.agg.V += f.Value
+			size = f.Value
 		}
 	}
+	w.agg.Fold(t.TS, price, priced, size)
 	w.data = mergeFields(w.data, t.Fields)
 	w.seq, w.ts, w.accepted = seq, t.TS, accepted
 }
@@ -42,7 +44,7 @@ func (w *window) prepend(topic string, e *histEntry) {
 		*w = first
 		return
 	}
-	first.agg.Merge(w.agg)
+	first.agg.Merge(w.agg) // first owns its runs
 	w.agg = first.agg
 	w.data = mergeFields(first.data, w.data)
 }
@@ -58,7 +60,11 @@ func (w *window) take(topic, epoch string) *Update {
 		Agg:      w.agg,
 		Accepted: w.accepted,
 	}
-	w.agg = protocol.Agg{}
+	u.Agg.B = nil
+	if len(w.agg.B) > 0 { // the window keeps its buffer
+		u.Agg.B = append([]protocol.Part(nil), w.agg.B...)
+	}
+	w.agg = protocol.Agg{B: w.agg.B[:0]}
 	w.data = w.data[:0]
 	return u
 }
@@ -126,6 +132,7 @@ func (u *Update) mergedWith(later *Update) *Update {
 		Agg:      u.Agg,
 		Accepted: later.Accepted,
 	}
+	m.Agg.B = append([]protocol.Part(nil), u.Agg.B...) // u's are shared
 	m.Agg.Merge(later.Agg)
 	return m
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -21,15 +22,15 @@ func cloneUpdate(u *Update) Update {
 
 func sameUpdate(a, b Update) bool {
 	return a.Topic == b.Topic && a.Epoch == b.Epoch && a.Seq == b.Seq && a.TS == b.TS &&
-		a.Agg == b.Agg && a.Accepted.Equal(b.Accepted) && slices.Equal(a.Data, b.Data) && bytes.Equal(a.json, b.json)
+		reflect.DeepEqual(a.Agg, b.Agg) && a.Accepted.Equal(b.Accepted) && slices.Equal(a.Data, b.Data) && bytes.Equal(a.json, b.json)
 }
 
-// randTicks returns n random ticks of topic with increasing ts.
+// randTicks returns n random ticks of topic, ts mostly increasing.
 func randTicks(rng *rand.Rand, topic string, n int) []tick.Tick {
 	ticks := make([]tick.Tick, n)
 	ts := int64(1_700_000_000_000)
 	for i := range ticks {
-		ts += rng.Int64N(500)
+		ts += rng.Int64N(500) - 50 // a few late ticks
 		ticks[i] = randTick(rng, topic, ts)
 	}
 	return ticks
@@ -103,8 +104,8 @@ func TestCoalesceProperty(t *testing.T) {
 			aggs[i].Merge(aggs[i+1])
 			aggs = slices.Delete(aggs, i+1, i+2)
 		}
-		if aggs[0] != (protocol.Agg{N: all.n, O: all.o, H: all.h, L: all.l, C: all.c, V: all.v, HasPrice: all.hasPrice}) {
-			t.Fatalf("seed %d: Agg.Merge: %+v, want %+v", seed, aggs[0], all)
+		if err := all.checkUpdate(&Update{Agg: aggs[0], Seq: all.seq, Data: refData(all)}); err != nil {
+			t.Fatalf("seed %d: Agg.Merge: %v", seed, err)
 		}
 
 		// Update.mergedWith and queued.merge, mixed at random. The
@@ -149,10 +150,20 @@ func TestCoalesceProperty(t *testing.T) {
 	}
 }
 
+// refData is r's data as fields.
+func refData(r ref) []tick.Field {
+	var out []tick.Field
+	for k, v := range r.data {
+		out = append(out, tick.Field{Name: k, Value: v})
+	}
+	return out
+}
+
 func TestAggMerge(t *testing.T) {
 	t.Parallel()
-	price := func(n int64, o, h, l, c, v float64) protocol.Agg {
-		return protocol.Agg{N: n, O: o, H: h, L: l, C: c, V: v, HasPrice: true}
+	n := func(v float64) tick.Num { x, _ := tick.NumOf(v); return x }
+	price := func(cnt int64, o, h, l, c, v float64) protocol.Agg {
+		return protocol.Agg{N: cnt, O: n(o), H: n(h), L: n(l), C: n(c), V: n(v), HasPrice: true}
 	}
 	tests := []struct {
 		name string
@@ -160,8 +171,9 @@ func TestAggMerge(t *testing.T) {
 		want protocol.Agg
 	}{
 		{"both empty", protocol.Agg{}, protocol.Agg{}, protocol.Agg{}},
-		{"no price then price", protocol.Agg{N: 2, V: 3}, price(1, 5, 5, 5, 5, 1), price(3, 5, 5, 5, 5, 4)},
-		{"price then no price", price(1, 5, 6, 4, 5, 1), protocol.Agg{N: 4, V: 2}, price(5, 5, 6, 4, 5, 3)},
+		{"no price then price", protocol.Agg{N: 2, V: n(3)}, price(1, 5, 5, 5, 5, 1), price(3, 5, 5, 5, 5, 4)},
+		{"price then no price", price(1, 5, 6, 4, 5, 1), protocol.Agg{N: 4, V: n(2)}, price(5, 5, 6, 4, 5, 3)},
+		{"exact decimal sum", price(1, 5, 5, 5, 5, 0.0161), price(1, 5, 5, 5, 5, 0.01052), price(2, 5, 5, 5, 5, 0.02662)},
 		{"new high", price(2, 5, 6, 4, 5, 0), price(1, 7, 9, 7, 8, 0), price(3, 5, 9, 4, 8, 0)},
 		{"new low", price(2, 5, 6, 4, 5, 0), price(1, 3, 3, 1, 2, 0), price(3, 5, 6, 1, 2, 0)},
 		{"negative prices", price(1, -1, -1, -1, -1, 0), price(1, -3, -2, -5, -4, 0), price(2, -1, -1, -5, -4, 0)},
@@ -172,7 +184,7 @@ func TestAggMerge(t *testing.T) {
 			t.Parallel()
 			got := tt.a
 			got.Merge(tt.b)
-			if got != tt.want {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("Merge = %+v, want %+v", got, tt.want)
 			}
 		})
@@ -184,7 +196,7 @@ func TestMergeFields(t *testing.T) {
 	f := func(kv ...any) []tick.Field {
 		var out []tick.Field
 		for i := 0; i < len(kv); i += 2 {
-			out = append(out, tick.Field{Name: kv[i].(string), Value: kv[i+1].(float64)})
+			out = append(out, tick.F(kv[i].(string), kv[i+1].(float64)))
 		}
 		return out
 	}

@@ -11,11 +11,11 @@ import (
 // benchTick is a typical market tick: five fields.
 func benchTick(topic string, i int) tick.Tick {
 	return tick.Tick{Topic: topic, TS: baseTS + int64(i), Fields: []tick.Field{
-		{Name: tick.FieldPrice, Value: 100 + float64(i%100)/8},
-		{Name: tick.FieldSize, Value: float64(i%7) + 0.5},
-		{Name: tick.FieldBid, Value: 99.5},
-		{Name: tick.FieldAsk, Value: 100.5},
-		{Name: tick.FieldVolume, Value: float64(i)},
+		tick.F(tick.FieldPrice, 100+float64(i%100)/8),
+		tick.F(tick.FieldSize, float64(i%7)+0.5),
+		tick.F(tick.FieldBid, 99.5),
+		tick.F(tick.FieldAsk, 100.5),
+		tick.F(tick.FieldVolume, float64(i)),
 	}}
 }
 

@@ -66,11 +66,33 @@ type BusConfig struct {
 	Metrics *Metrics
 	// Logger logs bus events. Zero value means slog.Default().
 	Logger *slog.Logger
+	// MaxFutureSkew is how far into the future (by the bus's clock) a
+	// tick's ts may be. Zero value means no limit, for embedding and tests
+	// with fixed timestamps; the tickstream command's setting
+	// max_future_skew_ms defaults to 5 s.
+	MaxFutureSkew time.Duration
+	// MaxTickAge is how far into the past a tick's ts may be. Zero value
+	// means no limit; the setting max_tick_age_ms defaults to 24 h.
+	MaxTickAge time.Duration
+	// TSPolicy says what happens to a tick whose ts is out of those
+	// bounds: TSRefuse (the zero value) refuses it with a *tick.Error
+	// wrapping tick.ErrOverLimit that gives the reason; TSStamp accepts
+	// it with ts replaced by the time the bus accepts it.
+	TSPolicy TSPolicy
 	// FlusherIdle is how long a throttle interval's flusher goroutine runs
 	// with nothing to flush before it ends (it also lasts at least two
 	// intervals). Zero value means 5 s.
 	FlusherIdle time.Duration
 }
+
+// TSPolicy is what the bus does with a tick whose ts is too far from now.
+type TSPolicy string
+
+// The ts policies.
+const (
+	TSRefuse TSPolicy = "refuse" // refuse the tick (the default)
+	TSStamp  TSPolicy = "stamp"  // replace its ts with the accept time
+)
 
 func (c *BusConfig) setDefaults() error {
 	def := func(v *int, d int) {
@@ -96,6 +118,12 @@ func (c *BusConfig) setDefaults() error {
 	defDur(&c.LagThrottle, 2*time.Second)
 	defDur(&c.Heartbeat, 15*time.Second)
 	defDur(&c.FlusherIdle, 5*time.Second)
+	if c.TSPolicy == "" {
+		c.TSPolicy = TSRefuse
+	}
+	if c.TSPolicy != TSRefuse && c.TSPolicy != TSStamp {
+		return fmt.Errorf("stream: TSPolicy %q: want %q or %q", c.TSPolicy, TSRefuse, TSStamp)
+	}
 	if c.Epoch == "" {
 		c.Epoch = NewID(8)
 	}
@@ -117,6 +145,8 @@ func (c *BusConfig) setDefaults() error {
 		return fmt.Errorf("stream: MaxPendingBytes %d is under 1024", c.MaxPendingBytes)
 	case c.DefaultThrottle < 0 || c.DefaultThrottle > c.MaxThrottle:
 		return fmt.Errorf("stream: DefaultThrottle %v is outside 0..%v", c.DefaultThrottle, c.MaxThrottle)
+	case c.MaxFutureSkew < 0 || c.MaxTickAge < 0:
+		return errors.New("stream: MaxFutureSkew and MaxTickAge must not be negative")
 	case c.LagThrottle < 0 || c.Heartbeat < 0:
 		return errors.New("stream: LagThrottle and Heartbeat must not be negative")
 	}
@@ -262,8 +292,9 @@ func (b *Bus) publish(tk tick.Tick, in, refused prometheus.Counter) (uint64, err
 		return 0, err
 	}
 	now := b.cfg.Now()
-	if tk.TS == 0 {
-		tk.TS = now.UnixMilli()
+	if err := b.checkTS(&tk, now.UnixMilli()); err != nil {
+		refused.Inc()
+		return 0, err
 	}
 	t, err := b.topicFor(tk.Topic)
 	if err != nil {
@@ -273,6 +304,30 @@ func (b *Bus) publish(tk tick.Tick, in, refused prometheus.Counter) (uint64, err
 	seq := t.publish(&tk, now)
 	in.Inc()
 	return seq, nil
+}
+
+// checkTS applies the ts policy: a zero ts is now; a ts more than
+// MaxFutureSkew ahead of now or MaxTickAge behind it is refused or
+// stamped with now (TSPolicy).
+func (b *Bus) checkTS(tk *tick.Tick, now int64) error {
+	if tk.TS == 0 {
+		tk.TS = now
+		return nil
+	}
+	var why string
+	switch skew, age := b.cfg.MaxFutureSkew, b.cfg.MaxTickAge; {
+	case skew > 0 && tk.TS > now+skew.Milliseconds():
+		why = fmt.Sprintf("ts %d is %d ms in the future, at most %d (max_future_skew_ms)", tk.TS, tk.TS-now, skew.Milliseconds())
+	case age > 0 && tk.TS < now-age.Milliseconds():
+		why = fmt.Sprintf("ts %d is %d ms old, at most %d (max_tick_age_ms)", tk.TS, now-tk.TS, age.Milliseconds())
+	default:
+		return nil
+	}
+	if b.cfg.TSPolicy == TSStamp {
+		tk.TS = now
+		return nil
+	}
+	return &tick.Error{Err: tick.ErrOverLimit, Detail: why}
 }
 
 // Sink returns the sink a feed publishes into (it satisfies feeds.Sink).

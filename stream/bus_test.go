@@ -338,7 +338,7 @@ func TestResume(t *testing.T) {
 				if ws[0].Type != protocol.TypeSnapshot || ws[0].Seq != 20 || ws[0].Epoch != "e1" {
 					t.Fatalf("got %+v, want snapshot at 20", ws[0])
 				}
-				want := map[string]float64{}
+				want := map[string]tick.Num{}
 				for s := uint64(1); s <= 20; s++ {
 					for _, f := range log.ticks["R"][s].Fields {
 						want[f.Name] = f.Value
@@ -882,7 +882,7 @@ func TestPublishRefused(t *testing.T) {
 		{"NaN", priceTick("a", baseTS, math.NaN(), 1), tick.ErrNonFinite},
 		{"Inf", priceTick("a", baseTS, 1, math.Inf(-1)), tick.ErrNonFinite},
 		{"negative ts", priceTick("a", -1, 1, 1), tick.ErrBadField},
-		{"bad field name", tick.Tick{Topic: "a", Fields: []tick.Field{{Name: "seq", Value: 1}}}, tick.ErrBadField},
+		{"bad field name", tick.Tick{Topic: "a", Fields: []tick.Field{tick.F("seq", 1)}}, tick.ErrBadField},
 		{"too many topics", priceTick("c", baseTS, 1, 1), ErrTooManyTopic},
 	}
 	for _, tt := range tests {
@@ -920,7 +920,7 @@ func TestSinkAndTopics(t *testing.T) {
 	b := newTestBus(t, BusConfig{Now: func() time.Time { return time.Unix(0, now.Load()) }})
 	sink := b.Sink("feed1")
 	for range 3 {
-		if err := sink.Publish(tick.Tick{Topic: "k", Fields: []tick.Field{{Name: "price", Value: 2}}}); err != nil {
+		if err := sink.Publish(tick.Tick{Topic: "k", Fields: []tick.Field{tick.F("price", 2)}}); err != nil {
 			t.Fatal(err)
 		}
 	}

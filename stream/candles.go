@@ -4,17 +4,20 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/tickstream/tickstream/feeds/tick"
 )
 
 // Candle is one OHLCV bar. T is the bar's start, Unix milliseconds.
+// Prices are the ticks' own decimals and V their exact decimal sum.
 type Candle struct {
-	T int64   `json:"t"`
-	O float64 `json:"o"`
-	H float64 `json:"h"`
-	L float64 `json:"l"`
-	C float64 `json:"c"`
-	V float64 `json:"v"`
-	N int64   `json:"n"`
+	T int64    `json:"t"`
+	O tick.Num `json:"o"`
+	H tick.Num `json:"h"`
+	L tick.Num `json:"l"`
+	C tick.Num `json:"c"`
+	V tick.Num `json:"v"`
+	N int64    `json:"n"`
 }
 
 // CandleIntervals are the bar sizes kept per topic, by name.
@@ -60,13 +63,21 @@ type candleRing struct {
 func (r *candleRing) n() int           { return len(r.bars) }
 func (r *candleRing) at(i int) *Candle { return &r.bars[(r.start+i)%len(r.bars)] }
 
-// fold folds a tick into its bar and returns that bar and whether the
-// tick opened it (nil when the tick's bar is no longer kept).
-func (r *candleRing) fold(ts int64, price, size float64, depth int) (*Candle, bool) {
+// fold adds one priced tick in the order the bus accepted it, and returns
+// the bar it changed and whether the tick opened that bar (nil when the
+// tick is older than every kept bar). A tick in the newest bar's bucket
+// or later extends that bar or starts a new one. A late tick (an older
+// bucket) goes into its own bar, which is created in order if it is not
+// there yet, as long as it is within the kept bars; the open and close of
+// an existing bar stay with the ticks that came first and last in time
+// order. Clients rebuild the same bars from updates with the same rule
+// (docs/protocol.md).
+func (r *candleRing) fold(ts int64, price, size tick.Num, depth int) (*Candle, bool) {
 	if ts < 0 || depth <= 0 {
 		return nil, false
 	}
 	t := ts - ts%r.ms
+	bar := Candle{T: t, O: price, H: price, L: price, C: price, V: size, N: 1}
 	if n := r.n(); n > 0 {
 		last := r.at(n - 1)
 		switch {
@@ -74,20 +85,25 @@ func (r *candleRing) fold(ts int64, price, size float64, depth int) (*Candle, bo
 			foldBar(last, price, size)
 			return last, false
 		case t < last.T:
-			// A late tick goes into its own bar if that bar is still kept;
-			// the close stays with the later tick.
 			i := sort.Search(n, func(i int) bool { return r.at(i).T >= t })
 			if i < n && r.at(i).T == t {
 				b := r.at(i)
-				b.H, b.L = max(b.H, price), min(b.L, price)
-				b.V += size
+				if price.Cmp(b.H) > 0 {
+					b.H = price
+				}
+				if price.Cmp(b.L) < 0 {
+					b.L = price
+				}
+				b.V = b.V.Add(size)
 				b.N++
 				return b, false
 			}
-			return nil, false
+			if i == 0 && n >= depth {
+				return nil, false // older than every kept bar
+			}
+			return r.insert(i, bar, depth), true
 		}
 	}
-	bar := Candle{T: t, O: price, H: price, L: price, C: price, V: size, N: 1}
 	if len(r.bars) < depth {
 		r.bars = append(r.bars, bar) // start is 0 until the ring is full
 		return &r.bars[len(r.bars)-1], true
@@ -98,9 +114,26 @@ func (r *candleRing) fold(ts int64, price, size float64, depth int) (*Candle, bo
 	return b, true
 }
 
-func foldBar(b *Candle, price, size float64) {
-	b.H, b.L, b.C = max(b.H, price), min(b.L, price), price
-	b.V += size
+// insert puts bar at position i (oldest first) and returns it.
+func (r *candleRing) insert(i int, bar Candle, depth int) *Candle {
+	bars := r.last(r.n())
+	bars = append(bars[:i], append([]Candle{bar}, bars[i:]...)...)
+	if k := len(bars) - depth; k > 0 {
+		bars, i = bars[k:], i-k
+	}
+	r.bars, r.start = bars, 0
+	return &r.bars[i]
+}
+
+func foldBar(b *Candle, price, size tick.Num) {
+	if price.Cmp(b.H) > 0 {
+		b.H = price
+	}
+	if price.Cmp(b.L) < 0 {
+		b.L = price
+	}
+	b.C = price
+	b.V = b.V.Add(size)
 	b.N++
 }
 

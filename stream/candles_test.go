@@ -10,6 +10,11 @@ import (
 	"github.com/tickstream/tickstream/feeds/tick"
 )
 
+func num(v float64) tick.Num {
+	n, _ := tick.NumOf(v)
+	return n
+}
+
 type candleTick struct {
 	ts          int64
 	price, size float64
@@ -18,7 +23,7 @@ type candleTick struct {
 func TestCandleRing(t *testing.T) {
 	t.Parallel()
 	c := func(t0 int64, o, h, l, cl, v float64, n int64) Candle {
-		return Candle{T: t0, O: o, H: h, L: l, C: cl, V: v, N: n}
+		return Candle{T: t0, O: num(o), H: num(h), L: num(l), C: num(cl), V: num(v), N: n}
 	}
 	tests := []struct {
 		name  string
@@ -40,8 +45,12 @@ func TestCandleRing(t *testing.T) {
 			[]Candle{c(2000, 5, 7, 5, 5, 2, 2), c(3000, 5, 5, 5, 5, 1, 1)}},
 		{"late tick for an evicted bar is dropped", 2, []candleTick{{1000, 5, 1}, {2000, 5, 1}, {3000, 5, 1}, {1500, 9, 1}},
 			[]Candle{c(2000, 5, 5, 5, 5, 1, 1), c(3000, 5, 5, 5, 5, 1, 1)}},
-		{"late tick in a gap has no bar", 3, []candleTick{{1000, 5, 1}, {3000, 5, 1}, {2000, 9, 1}},
-			[]Candle{c(1000, 5, 5, 5, 5, 1, 1), c(3000, 5, 5, 5, 5, 1, 1)}},
+		{"late tick in a gap gets its bar", 3, []candleTick{{1000, 5, 1}, {3000, 5, 1}, {2000, 9, 1}},
+			[]Candle{c(1000, 5, 5, 5, 5, 1, 1), c(2000, 9, 9, 9, 9, 1, 1), c(3000, 5, 5, 5, 5, 1, 1)}},
+		{"late tick in a gap of a full ring drops the oldest", 3, []candleTick{{1000, 5, 1}, {3000, 5, 1}, {4000, 5, 1}, {2000, 9, 1}},
+			[]Candle{c(2000, 9, 9, 9, 9, 1, 1), c(3000, 5, 5, 5, 5, 1, 1), c(4000, 5, 5, 5, 5, 1, 1)}},
+		{"exact decimal volume", 3, []candleTick{{1000, 5, 0.0161}, {1001, 5, 0.01052}},
+			[]Candle{c(1000, 5, 5, 5, 5, 0.02662, 2)}},
 		{"negative ts ignored", 3, []candleTick{{-1, 5, 1}, {1000, 6, 1}},
 			[]Candle{c(1000, 6, 6, 6, 6, 1, 1)}},
 		{"depth 0 keeps nothing", 0, []candleTick{{1000, 5, 1}}, []Candle{}},
@@ -53,7 +62,7 @@ func TestCandleRing(t *testing.T) {
 			t.Parallel()
 			r := candleRing{ms: 1000}
 			for _, tk := range tt.ticks {
-				r.fold(tk.ts, tk.price, tk.size, tt.depth)
+				r.fold(tk.ts, num(tk.price), num(tk.size), tt.depth)
 			}
 			if got := r.last(100); !slices.Equal(got, tt.want) {
 				t.Fatalf("bars\n got %+v\nwant %+v", got, tt.want)
@@ -89,11 +98,11 @@ func TestCandlesProperty(t *testing.T) {
 		for _, iv := range CandleIntervals {
 			var want []Candle
 			for _, tk := range ticks {
-				p, ok := tk.Get(tick.FieldPrice)
+				p, ok := tk.GetNum(tick.FieldPrice)
 				if !ok {
 					continue // a tick without price makes no bar
 				}
-				sz, _ := tk.Get(tick.FieldSize)
+				sz, _ := tk.GetNum(tick.FieldSize)
 				t0 := tk.TS - tk.TS%iv.MS
 				if n := len(want); n > 0 && want[n-1].T == t0 {
 					foldBar(&want[n-1], p, sz)
@@ -234,7 +243,7 @@ func TestHistoryRingWraps(t *testing.T) {
 		var got []uint64
 		for _, tk := range h.Ticks {
 			got = append(got, tk.Seq)
-			if p := tk.Data[0].Value; p != float64(tk.Seq) {
+			if p := tk.Data[0].Value; p.Float() != float64(tk.Seq) {
 				t.Fatalf("after %d ticks: seq %d has price %v", i, tk.Seq, p)
 			}
 		}

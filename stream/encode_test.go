@@ -19,17 +19,17 @@ import (
 type jsonAgg = protocol.WireAgg
 
 type jsonUpdate struct {
-	Type  string             `json:"type"`
-	Topic string             `json:"topic"`
-	Epoch string             `json:"epoch"`
-	Seq   uint64             `json:"seq"`
-	TS    int64              `json:"ts"`
-	Data  map[string]float64 `json:"data"`
-	Agg   *jsonAgg           `json:"agg,omitempty"`
+	Type  string              `json:"type"`
+	Topic string              `json:"topic"`
+	Epoch string              `json:"epoch"`
+	Seq   uint64              `json:"seq"`
+	TS    int64               `json:"ts"`
+	Data  map[string]tick.Num `json:"data"`
+	Agg   *jsonAgg            `json:"agg,omitempty"`
 }
 
-func fieldMap(fs []tick.Field) map[string]float64 {
-	m := map[string]float64{}
+func fieldMap(fs []tick.Field) map[string]tick.Num {
+	m := map[string]tick.Num{}
 	for _, f := range fs {
 		m[f.Name] = f.Value
 	}
@@ -64,17 +64,17 @@ func TestAppendUpdateMatchesEncodingJSON(t *testing.T) {
 	ups = append(ups,
 		&Update{Topic: "BTC-USD", Epoch: "e1", Seq: 1, TS: 0, Agg: protocol.Agg{N: 1}},
 		&Update{Topic: "a.b:c/d-e_f", Epoch: "E-_9", Seq: math.MaxUint64, TS: math.MaxInt64,
-			Data: []tick.Field{{Name: "price", Value: 1.5}}, Agg: protocol.Agg{N: 3, O: 1, H: 2, L: 0.5, C: 1.5, V: 0, HasPrice: true}},
+			Data: []tick.Field{tick.F("price", 1.5)}, Agg: protocol.Agg{N: 3, O: num(1), H: num(2), L: num(0.5), C: num(1.5), V: num(0), HasPrice: true}},
 	)
 	for _, v := range oddFloats {
 		ups = append(ups, &Update{Topic: "x", Epoch: "e", Seq: 2, TS: 3,
-			Data: []tick.Field{{Name: "a", Value: v}, {Name: "b.c", Value: -v}},
-			Agg:  protocol.Agg{N: 1, O: v, H: v, L: v, C: v, V: v, HasPrice: true}})
+			Data: []tick.Field{tick.F("a", v), tick.F("b.c", -v)},
+			Agg:  protocol.Agg{N: 1, O: num(v), H: num(v), L: num(v), C: num(v), V: num(v), HasPrice: true}})
 	}
 	for range 200 {
 		var w window
 		for i := range 1 + rng.IntN(5) {
-			tk := randTick(rng, "R", baseTS+int64(i))
+			tk := randTick(rng, "R", baseTS+int64(i)*rng.Int64N(700))
 			w.fold(&tk, uint64(i+1), time.Time{})
 		}
 		u := w.take("R", "e1")
@@ -89,6 +89,9 @@ func TestAppendUpdateMatchesEncodingJSON(t *testing.T) {
 		if u.Agg.HasPrice {
 			a := u.Agg
 			want.Agg.O, want.Agg.H, want.Agg.L, want.Agg.C = &a.O, &a.H, &a.L, &a.C
+		}
+		if u.Agg.Parts() {
+			want.Agg.B = append(slices.Clone(u.Agg.B), u.Agg.Cur)
 		}
 		wantJSON, err := json.Marshal(want)
 		if err != nil {
@@ -106,7 +109,7 @@ func TestAppendUpdateMatchesEncodingJSON(t *testing.T) {
 			t.Fatalf("update %d decodes to %+v", i, back)
 		}
 		for k, v := range want.Data {
-			if math.Float64bits(back.Data[k]) != math.Float64bits(v) && !(v == 0 && back.Data[k] == 0) {
+			if !back.Data[k].Equal(v) {
 				t.Fatalf("update %d: %s decodes to %v, want %v", i, k, back.Data[k], v)
 			}
 		}
@@ -123,8 +126,8 @@ func TestAppendSnapshot(t *testing.T) {
 		data []tick.Field
 	}{
 		{"empty", nil},
-		{"market", []tick.Field{{Name: "ask", Value: 2}, {Name: "bid", Value: 1}, {Name: "price", Value: 1.5}}},
-		{"odd", []tick.Field{{Name: "a", Value: 1e-7}, {Name: "b", Value: 1e21}, {Name: "c", Value: math.Copysign(0, -1)}}},
+		{"market", []tick.Field{tick.F("ask", 2), tick.F("bid", 1), tick.F("price", 1.5)}},
+		{"odd", []tick.Field{tick.F("a", 1e-7), tick.F("b", 1e21), tick.F("c", math.Copysign(0, -1))}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -181,7 +184,7 @@ func TestEncodeControl(t *testing.T) {
 
 func TestFieldsAndTopicInfoJSON(t *testing.T) {
 	t.Parallel()
-	ti := TopicInfo{Topic: "T", Epoch: "e", Seq: 3, TS: 4, Data: protocol.Fields{{Name: "price", Value: 1.25}, {Name: "oi", Value: 1e-9}}, Rate: 5}
+	ti := TopicInfo{Topic: "T", Epoch: "e", Seq: 3, TS: 4, Data: protocol.Fields{tick.F("price", 1.25), tick.F("oi", 1e-9)}, Rate: 5}
 	got, err := json.Marshal(ti)
 	if err != nil {
 		t.Fatal(err)

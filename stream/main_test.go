@@ -215,25 +215,46 @@ func decodeAll(t testing.TB, ms []Message) []wireMsg {
 // over ticks must carry.
 type ref struct {
 	n          int64
-	o, h, l, c float64
+	o, h, l, c tick.Num
 	hasPrice   bool
-	v          float64
-	data       map[string]float64
+	v          tick.Num
+	data       map[string]tick.Num
 	seq        uint64
+	runs       []protocol.Part // priced ticks in a row in one 1s bucket
 }
 
 func refOf(ticks []tick.Tick, seqs []uint64) ref {
-	r := ref{data: map[string]float64{}}
+	r := ref{data: map[string]tick.Num{}}
 	for i, tk := range ticks {
 		r.n++
-		if p, ok := tk.Get(tick.FieldPrice); ok {
+		sz, _ := tk.GetNum(tick.FieldSize)
+		r.v = r.v.Add(sz)
+		if p, ok := tk.GetNum(tick.FieldPrice); ok {
 			if !r.hasPrice {
 				r.o, r.h, r.l, r.hasPrice = p, p, p, true
 			}
-			r.h, r.l, r.c = max(r.h, p), min(r.l, p), p
-		}
-		if sz, ok := tk.Get(tick.FieldSize); ok {
-			r.v += sz
+			if p.Cmp(r.h) > 0 {
+				r.h = p
+			}
+			if p.Cmp(r.l) < 0 {
+				r.l = p
+			}
+			r.c = p
+			bucket := tk.TS - tk.TS%1000
+			if k := len(r.runs) - 1; k >= 0 && r.runs[k].T == bucket {
+				q := &r.runs[k]
+				q.N++
+				q.V = q.V.Add(sz)
+				if p.Cmp(q.H) > 0 {
+					q.H = p
+				}
+				if p.Cmp(q.L) < 0 {
+					q.L = p
+				}
+				q.C = p
+			} else {
+				r.runs = append(r.runs, protocol.Part{T: bucket, N: 1, O: p, H: p, L: p, C: p, V: sz})
+			}
 		}
 		for _, f := range tk.Fields {
 			r.data[f.Name] = f.Value
@@ -250,6 +271,13 @@ func (r ref) checkUpdate(u *Update) error {
 	}
 	if r.hasPrice && (u.Agg.O != r.o || u.Agg.H != r.h || u.Agg.L != r.l || u.Agg.C != r.c) {
 		return fmt.Errorf("update ohlc %v/%v/%v/%v, want %v/%v/%v/%v", u.Agg.O, u.Agg.H, u.Agg.L, u.Agg.C, r.o, r.h, r.l, r.c)
+	}
+	var runs []protocol.Part
+	if u.Agg.Cur.N > 0 {
+		runs = append(append(runs, u.Agg.B...), u.Agg.Cur)
+	}
+	if !slices.Equal(runs, r.runs) {
+		return fmt.Errorf("update runs %+v, want %+v", runs, r.runs)
 	}
 	return checkData(u.Data, r.data)
 }
@@ -268,6 +296,12 @@ func (r ref) checkWire(w wireMsg) error {
 	if r.hasPrice && (*a.O != r.o || *a.H != r.h || *a.L != r.l || *a.C != r.c) {
 		return fmt.Errorf("wire ohlc %v/%v/%v/%v, want %v/%v/%v/%v", *a.O, *a.H, *a.L, *a.C, r.o, r.h, r.l, r.c)
 	}
+	if runs := a.Runs(w.TS); !slices.Equal(runs, r.runs) {
+		return fmt.Errorf("wire runs %+v, want %+v", runs, r.runs)
+	}
+	if len(a.B) > 0 && len(r.runs) == 1 && r.runs[0].N == r.n {
+		return fmt.Errorf("wire b %+v sent for a single run of every tick", a.B)
+	}
 	if len(w.Data) != len(r.data) {
 		return fmt.Errorf("wire data %v, want %v", w.Data, r.data)
 	}
@@ -279,7 +313,7 @@ func (r ref) checkWire(w wireMsg) error {
 	return nil
 }
 
-func checkData(got []tick.Field, want map[string]float64) error {
+func checkData(got []tick.Field, want map[string]tick.Num) error {
 	seen := map[string]bool{}
 	for _, f := range got {
 		if seen[f.Name] {
@@ -299,15 +333,16 @@ func checkData(got []tick.Field, want map[string]float64) error {
 var extraFields = []string{tick.FieldBid, tick.FieldAsk, tick.FieldVolume, "oi", "x.y", "z_1"}
 
 // randTick returns a valid tick with a random subset of fields. Sizes
-// are multiples of 1/4 below 2^20, so every sum of them is exact whatever
-// the grouping; prices are arbitrary.
+// are decimals with 0 to 8 places, so float64 sums of them would not be
+// exact; prices are arbitrary.
 func randTick(rng *rand.Rand, topic string, ts int64) tick.Tick {
 	tk := tick.Tick{Topic: topic, TS: ts}
 	if rng.IntN(5) != 0 {
 		tk.Set(tick.FieldPrice, 100+rng.NormFloat64()*20)
 	}
 	if rng.IntN(4) != 0 {
-		tk.Set(tick.FieldSize, float64(rng.IntN(4000))/4)
+		m := rng.IntN(40_000_000) // one draw, as tests' seeds expect
+		tk.SetNum(tick.FieldSize, tick.MustNum(fmt.Sprintf("%de-%d", m/10, m%9)))
 	}
 	for _, name := range extraFields {
 		if rng.IntN(3) == 0 {

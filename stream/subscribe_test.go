@@ -182,7 +182,7 @@ func TestPatternSubscribeRacesTopicCreation(t *testing.T) {
 func bulky(topic string, i int) tick.Tick {
 	tk := tick.Tick{Topic: topic, TS: baseTS + int64(i)}
 	for j := range 32 {
-		tk.Fields = append(tk.Fields, tick.Field{Name: fmt.Sprintf("f%02d_%s", j, strings.Repeat("n", 48)), Value: float64(i) + float64(j)})
+		tk.Fields = append(tk.Fields, tick.F(fmt.Sprintf("f%02d_%s", j, strings.Repeat("n", 48)), float64(i)+float64(j)))
 	}
 	return tk
 }

@@ -30,12 +30,13 @@ type topic struct {
 	histHead int         // index of the oldest entry once full
 	candles  []candleRing
 	groups   map[time.Duration]*group
-	snap     []byte // cached snapshot encoding for seq snapSeq
+	snap     []byte // cached snapshot encoding for seq snapSeq, hour snapHour
 	snapSeq  uint64
 	rec      StoreRecord // scratch for Store.Append
 	// lineage is the earlier epochs whose cursors resume here (see
 	// StoredTopic.Lineage).
 	lineage []EpochSeq
+	snapHour int64
 
 	rateSec   int64 // Unix second of rateCount
 	rateCount int   // ticks accepted in second rateSec
@@ -128,8 +129,8 @@ func (t *topic) publishLocked(tk *tick.Tick, accepted time.Time) (uint64, uint64
 		rec = &t.rec // Append copies it
 		rec.NBars = 0
 	}
-	if price, ok := tk.Get(tick.FieldPrice); ok {
-		size, _ := tk.Get(tick.FieldSize)
+	if price, ok := tk.GetNum(tick.FieldPrice); ok {
+		size, _ := tk.GetNum(tick.FieldSize)
 		for i := range t.candles {
 			bar, isNew := t.candles[i].fold(tk.TS, price, size, cfg.CandleDepth)
 			if rec != nil && bar != nil {
@@ -391,9 +392,12 @@ func (t *topic) pushSnapshot(s *Subscriber) {
 	if t.seq == 0 {
 		return
 	}
-	if t.snap == nil || t.snapSeq != t.seq {
-		t.snap = protocol.AppendSnapshot(nil, t.name, t.bus.cfg.Epoch, t.seq, t.ts, t.latest)
-		t.snapSeq = t.seq
+	// The reference figures change only with a tick or an hour.
+	now := t.bus.cfg.Now().UnixMilli()
+	hour := now / refHourMS
+	if t.snap == nil || t.snapSeq != t.seq || t.snapHour != hour {
+		t.snap = protocol.AppendSnapshotRef(nil, t.name, t.bus.cfg.Epoch, t.seq, t.ts, t.latest, t.refLocked(now))
+		t.snapSeq, t.snapHour = t.seq, hour
 	}
 	s.push(Message{Type: protocol.TypeSnapshot, Topic: t.name, Epoch: t.bus.cfg.Epoch, Seq: t.seq, JSON: t.snap})
 }
@@ -430,6 +434,39 @@ func (t *topic) replay(s *Subscriber, after uint64, interval time.Duration) {
 	}
 }
 
+const refHourMS = 3_600_000
+
+// refLocked returns the rolling 24-hour reference figures at now (Unix
+// ms) from the hourly bars: those starting in the hour 23 hours before
+// now's hour or later. Nil when there is none. Called with t.mu held.
+func (t *topic) refLocked(now int64) *protocol.Ref {
+	i := intervalIndex("1h")
+	if i < 0 {
+		return nil
+	}
+	r := &t.candles[i]
+	from := now - now%refHourMS - 23*refHourMS
+	var ref *protocol.Ref
+	for k := 0; k < r.n(); k++ {
+		b := r.at(k)
+		if b.T < from {
+			continue
+		}
+		if ref == nil {
+			ref = &protocol.Ref{Since: b.T, O: b.O, H: b.H, L: b.L}
+		}
+		if b.H.Cmp(ref.H) > 0 {
+			ref.H = b.H
+		}
+		if b.L.Cmp(ref.L) < 0 {
+			ref.L = b.L
+		}
+		ref.V = ref.V.Add(b.V)
+		ref.N += b.N
+	}
+	return ref
+}
+
 // info returns the topic's public summary.
 func (t *topic) info(now time.Time) TopicInfo {
 	t.mu.Lock()
@@ -444,6 +481,7 @@ func (t *topic) info(now time.Time) TopicInfo {
 	return TopicInfo{
 		Topic: t.name, Epoch: t.bus.cfg.Epoch, Seq: t.seq, TS: t.ts,
 		Data: append(protocol.Fields(nil), t.latest...), Rate: rate,
+		Ref: t.refLocked(now.UnixMilli()),
 	}
 }
 
@@ -456,6 +494,9 @@ type TopicInfo struct {
 	Data  protocol.Fields `json:"data"`
 	// Rate is ticks accepted in the last whole second.
 	Rate int `json:"rate"`
+	// Ref is the rolling 24-hour reference figures (open, high, low,
+	// volume since Ref.Since); nil while the topic had no price then.
+	Ref *protocol.Ref `json:"ref,omitempty"`
 }
 
 // HistoryTick is one raw tick from history.

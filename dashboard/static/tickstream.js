@@ -153,6 +153,51 @@ export class Candles {
 
   last() { return this.bars.length ? this.bars[this.bars.length - 1] : null; }
 
+  /** Folds one candle run (see updateParts) with the server's rule: a new
+   * bar after the newest, the newest bar extended, or a late run into its
+   * own older bar, inserted in order if missing (unless older than every
+   * kept bar of a full ring); an older bar's open and close stay. v is
+   * summed exactly (vs holds the decimal text). Returns {kind, bar}. */
+  foldPart(p) {
+    if (!p || !(p.n > 0) || !Number.isFinite(p.t)) return { kind: 'none' };
+    const t = bucketStart(p.t, this.ms);
+    const last = this.last();
+    const fresh = () => ({ t, o: p.o, h: p.h, l: p.l, c: p.c, v: Number(p.v ?? 0), vs: decAdd(p.v ?? 0, 0), n: p.n });
+    if (!last || t > last.t) {
+      const bar = fresh();
+      this.bars.push(bar);
+      if (this.bars.length > this.max) this.bars.splice(0, this.bars.length - this.max);
+      return { kind: 'new', bar };
+    }
+    let lo = 0;
+    let hi = this.bars.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.bars[mid].t < t) lo = mid + 1;
+      else hi = mid;
+    }
+    let bar = this.bars[lo];
+    if (bar.t !== t) {
+      if (lo === 0 && this.bars.length >= this.max) return { kind: 'none' };
+      bar = fresh();
+      this.bars.splice(lo, 0, bar);
+      if (this.bars.length > this.max) this.bars.shift();
+      return { kind: 'past', bar };
+    }
+    bar.h = Math.max(bar.h, p.h);
+    bar.l = Math.min(bar.l, p.l);
+    bar.vs = decAdd(bar.vs ?? bar.v ?? 0, p.v ?? 0);
+    bar.v = Number(bar.vs);
+    bar.n += p.n;
+    if (bar === last) { bar.c = p.c; return { kind: 'last', bar }; }
+    return { kind: 'past', bar };
+  }
+
+  /** Folds every candle run of an update (see foldCandles). */
+  foldUpdate(msg) {
+    return updateParts(msg).map((p) => this.foldPart(p));
+  }
+
   /** Folds one update's aggregate into the bar of its ts. Returns
    * {kind, bar}: kind 'new' (a later bar was appended), 'last' (the last
    * bar changed), 'past' (an earlier bar changed: the update was late) or
@@ -203,13 +248,90 @@ export class Candles {
   }
 }
 
+/** Parses a decimal (a Number, taken at its shortest round-trip text, or a
+ * decimal string) into {m: BigInt mantissa, s: decimals}. */
+function parseDec(x) {
+  let str = typeof x === 'string' ? x.trim() : String(x);
+  let exp = 0;
+  const e = str.search(/[eE]/);
+  if (e >= 0) { exp = parseInt(str.slice(e + 1), 10); str = str.slice(0, e); }
+  let neg = false;
+  if (str[0] === '-' || str[0] === '+') { neg = str[0] === '-'; str = str.slice(1); }
+  const dot = str.indexOf('.');
+  let digits = str;
+  let s = 0;
+  if (dot >= 0) { digits = str.slice(0, dot) + str.slice(dot + 1); s = str.length - dot - 1; }
+  s -= exp;
+  let m = BigInt(digits || '0');
+  if (s < 0) { m *= 10n ** BigInt(-s); s = 0; }
+  return { m: neg ? -m : m, s };
+}
+
+function formatDec({ m, s }) {
+  const neg = m < 0n;
+  let d = (neg ? -m : m).toString();
+  if (s > 0) {
+    d = d.padStart(s + 1, '0');
+    d = d.slice(0, d.length - s) + '.' + d.slice(d.length - s);
+  }
+  return (neg ? '-' : '') + d;
+}
+
+/** Exact decimal sum of a and b (Numbers or decimal strings), as a decimal
+ * string with the finer of their decimals: decAdd(0.0161, 0.01052) is
+ * "0.02662". Numbers are read at their shortest text, so a value of up to
+ * 15 significant digits is taken exactly as the server sent it. */
+export function decAdd(a, b) {
+  const x = parseDec(a ?? 0);
+  const y = parseDec(b ?? 0);
+  const s = Math.max(x.s, y.s);
+  return formatDec({ m: x.m * 10n ** BigInt(s - x.s) + y.m * 10n ** BigInt(s - y.s), s });
+}
+
+/** The candle runs of an update: agg.b when present, else the agg itself
+ * in the second of the update's ts, else none (no price in the window).
+ * See docs/protocol.md, "Candles from updates". */
+export function updateParts(msg) {
+  const agg = msg && msg.agg;
+  if (!agg) return [];
+  if (Array.isArray(agg.b)) return agg.b;
+  if (!Number.isFinite(agg.c)) return [];
+  return [{ t: bucketStart(msg.ts, 1000), n: agg.n, o: agg.o, h: agg.h, l: agg.l, c: agg.c, v: agg.v ?? 0 }];
+}
+
+/** Folds every run of an update into candles (one Candles per interval,
+ * e.g. 1s/1m/5m/1h) with the server's rule, so the bars equal
+ * /api/candles exactly at any throttle and lag. Each bar's v stays a
+ * Number and its exact decimal text is in vs. Returns, per Candles, the
+ * kinds of change ('new', 'last', 'past'), for redrawing. */
+export function foldCandles(candlesList, msg) {
+  const parts = updateParts(msg);
+  return candlesList.map((c) => parts.map((p) => c.foldPart(p).kind));
+}
+
 /** Merges update b, which came after a, into a copy of a (MERGE data, exact
  * aggregates), as the server does for a lagging client. */
 export function mergeUpdates(a, b) {
   const agg = { ...a.agg };
   const bg = b.agg || {};
+  const pa = updateParts(a);
+  const pb = updateParts(b);
   agg.n = (agg.n || 0) + (bg.n || 0);
-  agg.v = (agg.v || 0) + (bg.v || 0);
+  agg.v = Number(decAdd(agg.v || 0, bg.v || 0));
+  if (pa.length + pb.length > 0) {
+    // Runs of the same second that meet join, as on the server.
+    const runs = pa.map((p) => ({ ...p }));
+    for (const p of pb) {
+      const last = runs[runs.length - 1];
+      if (last && last.t === p.t) {
+        last.n += p.n; last.h = Math.max(last.h, p.h); last.l = Math.min(last.l, p.l);
+        last.c = p.c; last.v = Number(decAdd(last.v, p.v));
+      } else runs.push({ ...p });
+    }
+    // One run of every tick is the agg itself: no b, as the server sends.
+    if (runs.length === 1 && runs[0].n === agg.n) delete agg.b;
+    else agg.b = runs;
+  }
   if (Number.isFinite(bg.c)) {
     if (!Number.isFinite(agg.c)) {
       agg.o = bg.o; agg.h = bg.h; agg.l = bg.l; agg.c = bg.c;

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   splitFrame, backoffDelay, parseRetryHint, Cursors, Candles, bucketStart,
-  mergeUpdates, coalesce, SSEParser, inlineCursor,
+  mergeUpdates, coalesce, SSEParser, inlineCursor, decAdd, updateParts, foldCandles,
 } from '../static/tickstream.js';
 
 test('splitFrame splits on \\n and skips blank and bad lines', () => {
@@ -149,7 +149,8 @@ test('mergeUpdates and coalesce keep aggregates exact', () => {
   assert.deepEqual(a.data, { price: 8, f1: 1, f3: 1, f4: 1 });
   // an update without a price keeps the OHLC
   const m = mergeUpdates(a, { type: 'update', topic: 'A', epoch: 'e', seq: 5, data: { bid: 1 }, agg: { n: 1, v: 0 } });
-  assert.deepEqual(m.agg, { n: 6, o: 10, h: 15, l: 8, c: 8, v: 4 });
+  // (its candle run is no longer the whole agg, so it comes in b)
+  assert.deepEqual(m.agg, { n: 6, o: 10, h: 15, l: 8, c: 8, v: 4, b: [{ t: 0, n: 5, o: 10, h: 15, l: 8, c: 8, v: 4 }] });
   assert.equal(m.seq, 5);
 });
 
@@ -186,4 +187,32 @@ test('inlineCursor writes the positions as an SSE event id', () => {
   c.classify({ type: 'snapshot', topic: 'B', epoch: 'e2', seq: 7 });
   c.classify({ type: 'snapshot', topic: 'C', epoch: 'e1', seq: 1 });
   assert.equal(inlineCursor(c), 'e1~A=3,C=1!e2~B=7');
+});
+
+test('decAdd sums decimals exactly', () => {
+  assert.equal(decAdd(0.0161, 0.01052), '0.02662');
+  assert.equal(decAdd('0.01610000', '0.01052000'), '0.02662000');
+  assert.equal(decAdd(0.1, 0.2), '0.3');
+  assert.equal(decAdd(-1.5, 1e-7), '-1.4999999');
+});
+
+test('foldCandles rebuilds bars from runs, late runs included', () => {
+  const s1 = new Candles(1000);
+  const m1 = new Candles(60_000);
+  const upd = (ts, agg) => ({ type: 'update', ts, agg });
+  // one run, no b: the agg in the second of ts
+  foldCandles([s1, m1], upd(59_900, { n: 2, o: 1, h: 2, l: 1, c: 2, v: 0.1 }));
+  // a window across the minute, going back once into 59 s (late)
+  foldCandles([s1, m1], upd(60_050, { n: 4, o: 3, h: 5, l: 0.5, c: 4, v: 0.6, b: [
+    { t: 60_000, n: 2, o: 3, h: 5, l: 3, c: 5, v: 0.2 },
+    { t: 59_000, n: 1, o: 0.5, h: 0.5, l: 0.5, c: 0.5, v: 0.3 },
+    { t: 60_000, n: 1, o: 4, h: 4, l: 4, c: 4, v: 0.1 },
+  ] }));
+  // a late run for a second with no bar yet gets its bar, in order
+  foldCandles([s1, m1], upd(58_100, { n: 1, o: 7, h: 7, l: 7, c: 7, v: 1 }));
+  assert.deepEqual(s1.bars.map((b) => [b.t, b.o, b.h, b.l, b.c, b.vs, b.n]), [
+    [58_000, 7, 7, 7, 7, '1', 1], [59_000, 1, 2, 0.5, 2, '0.4', 3], [60_000, 3, 5, 3, 4, '0.3', 3]]);
+  assert.deepEqual(m1.bars.map((b) => [b.t, b.o, b.h, b.l, b.c, b.vs, b.n]), [
+    [0, 1, 7, 0.5, 2, '1.4', 4], [60_000, 3, 5, 3, 4, '0.3', 3]]);
+  assert.deepEqual(updateParts(upd(1500, { n: 1, v: 2 })), []);
 });

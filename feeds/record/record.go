@@ -318,7 +318,7 @@ func (r *recorder) lost(topic, epoch string, after, n uint64, reason string) {
 
 // write writes one tick line: topic, ts and the fields of data in the
 // tick format's order.
-func (r *recorder) write(topic string, ts int64, data map[string]float64) error {
+func (r *recorder) write(topic string, ts int64, data map[string]tick.Num) error {
 	t := feeds.Tick{Topic: topic, TS: ts, Fields: make([]tick.Field, 0, len(data))}
 	for _, name := range tick.MarketFields {
 		if v, ok := data[name]; ok {

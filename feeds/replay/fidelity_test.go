@@ -122,7 +122,7 @@ func TestReplayAbsentValues(t *testing.T) {
 	if err := s.Run(context.Background(), sink); err != nil {
 		t.Fatal(err)
 	}
-	f := func(n string, v float64) feeds.Field { return feeds.Field{Name: n, Value: v} }
+	f := func(n string, v float64) feeds.Field { return feeds.F(n, v) }
 	ts := func(s string) int64 { tm, _ := time.Parse(time.RFC3339, s); return tm.UnixMilli() }
 	want := []feeds.Tick{
 		{Topic: "IBM", TS: ts("2013-10-07T13:30:00.028Z"), Fields: []feeds.Field{f("bid", 181.88), f("bid_size", 300)}},

@@ -23,6 +23,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
 )
 
 func init() { feeds.Register("replay", New) }
@@ -457,7 +458,7 @@ func (s *Source) decodeLine(t *feeds.Tick, line []byte) error {
 		if len(s.opts.AbsentValues) > 0 {
 			parsed.Fields = slices.DeleteFunc(parsed.Fields, func(f feeds.Field) bool {
 				v, ok := s.opts.AbsentValues[f.Name]
-				return ok && f.Value == v
+				return ok && f.Value.Float() == v
 			})
 			if len(parsed.Fields) == 0 {
 				return errors.New("no field values")
@@ -605,11 +606,11 @@ func (d *decoder) decodeRecord(t *feeds.Tick, rec []string) error {
 		if f.col >= len(rec) || rec[f.col] == "" {
 			continue
 		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(rec[f.col]), 64)
+		v, err := tick.ParseNum(strings.TrimSpace(rec[f.col])) // exact decimals
 		if err != nil {
-			return fmt.Errorf("%s: %q is not a number", d.columns[f.col], rec[f.col])
+			return fmt.Errorf("%s: %q is not a number: %w", d.columns[f.col], rec[f.col], err)
 		}
-		if a, ok := d.absent[f.name]; ok && v == a {
+		if a, ok := d.absent[f.name]; ok && v.Float() == a {
 			continue
 		}
 		t.Fields = append(t.Fields, feeds.Field{Name: f.name, Value: v})

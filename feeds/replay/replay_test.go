@@ -18,6 +18,7 @@ import (
 
 	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/feeds/feedtest"
+	"github.com/tickstream/tickstream/feeds/tick"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -37,9 +38,9 @@ func readCSV(t *testing.T, path string) (header []string, rows [][]string) {
 	return recs[0], recs[1:]
 }
 
-func num(t *testing.T, s string) float64 {
+func num(t *testing.T, s string) tick.Num {
 	t.Helper()
-	v, err := strconv.ParseFloat(s, 64)
+	v, err := tick.ParseNum(s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,9 +194,9 @@ func TestReplayLoopShiftsTime(t *testing.T) {
 func TestReplayPacesBySpeed(t *testing.T) {
 	t.Parallel()
 	ticks := []feeds.Tick{
-		{Topic: "A", TS: 1000, Fields: []feeds.Field{{Name: "price", Value: 1}}},
-		{Topic: "A", TS: 1100, Fields: []feeds.Field{{Name: "price", Value: 2}}},
-		{Topic: "A", TS: 1300, Fields: []feeds.Field{{Name: "price", Value: 3}}},
+		{Topic: "A", TS: 1000, Fields: []feeds.Field{tick.F("price", 1)}},
+		{Topic: "A", TS: 1100, Fields: []feeds.Field{tick.F("price", 2)}},
+		{Topic: "A", TS: 1300, Fields: []feeds.Field{tick.F("price", 3)}},
 	}
 	path := writeNDJSON(t, "pace.ndjson", ticks)
 	start := time.Now()
@@ -248,8 +249,8 @@ func TestReplaySkipsBadRows(t *testing.T) {
 	os.WriteFile(path, []byte("ts,symbol,price\n1000,A,1\n1001,A,oops\n1002,bad topic!,2\n,A,3\n1004,A,NaN\n1005,A\n1006,A,4\n"), 0o644)
 	got := run(t, Options{File: path, TSUnit: "ms"})
 	want := []feeds.Tick{
-		{Topic: "A", TS: 1000, Fields: []feeds.Field{{Name: "price", Value: 1}}},
-		{Topic: "A", TS: 1006, Fields: []feeds.Field{{Name: "price", Value: 4}}},
+		{Topic: "A", TS: 1000, Fields: []feeds.Field{tick.F("price", 1)}},
+		{Topic: "A", TS: 1006, Fields: []feeds.Field{tick.F("price", 4)}},
 	}
 	if diff := feedtest.Equal(got, want); diff != "" {
 		t.Error(diff)

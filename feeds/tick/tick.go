@@ -46,14 +46,30 @@ type Tick struct {
 	Fields []Field
 }
 
-// Field is one named numeric value of a tick.
+// Field is one named numeric value of a tick, an exact decimal.
 type Field struct {
 	Name  string
-	Value float64
+	Value Num
+}
+
+// F returns a field from a float64 (see NumOf), for Go feeds and tests.
+func F(name string, v float64) Field {
+	n, ok := NumOf(v)
+	if !ok {
+		n = nonFinite
+	}
+	return Field{Name: name, Value: n}
 }
 
 // Set sets field name to v, replacing an earlier value of the same name.
+// v is converted with strconv's shortest formatting (NumOf): 61837.63
+// goes out as 61837.63. NaN and infinities make Validate refuse the tick.
 func (t *Tick) Set(name string, v float64) {
+	t.SetNum(name, F(name, v).Value)
+}
+
+// SetNum sets field name to the exact decimal v.
+func (t *Tick) SetNum(name string, v Num) {
 	for i := range t.Fields {
 		if t.Fields[i].Name == name {
 			t.Fields[i].Value = v
@@ -63,14 +79,20 @@ func (t *Tick) Set(name string, v float64) {
 	t.Fields = append(t.Fields, Field{Name: name, Value: v})
 }
 
-// Get returns the value of field name.
+// Get returns the value of field name as a float64.
 func (t Tick) Get(name string) (float64, bool) {
+	n, ok := t.GetNum(name)
+	return n.Float(), ok
+}
+
+// GetNum returns the exact value of field name.
+func (t Tick) GetNum(name string) (Num, bool) {
 	for _, f := range t.Fields {
 		if f.Name == name {
 			return f.Value, true
 		}
 	}
-	return 0, false
+	return Num{}, false
 }
 
 // Clone returns a copy of t that shares no memory with it.
@@ -165,7 +187,7 @@ func (t Tick) Validate() error {
 		if !ValidFieldName(f.Name) {
 			return tickErr(ErrBadField, "field name %q: want 1-%d characters of [A-Za-z0-9_.-]", f.Name, MaxFieldNameLen)
 		}
-		if math.IsNaN(f.Value) || math.IsInf(f.Value, 0) {
+		if !f.Value.Finite() {
 			return tickErr(ErrNonFinite, "field %q", f.Name)
 		}
 		for _, g := range t.Fields[:i] {
@@ -209,7 +231,7 @@ func (t Tick) AppendJSON(b []byte) []byte {
 		b = append(b, ',', '"')
 		b = append(b, f.Name...)
 		b = append(b, '"', ':')
-		b = AppendFloat(b, f.Value)
+		b = f.Value.Append(b)
 	}
 	if custom > 0 {
 		b = append(b, `,"fields":{`...)
@@ -225,7 +247,7 @@ func (t Tick) AppendJSON(b []byte) []byte {
 			b = append(b, '"')
 			b = append(b, f.Name...)
 			b = append(b, '"', ':')
-			b = AppendFloat(b, f.Value)
+			b = f.Value.Append(b)
 		}
 		b = append(b, '}')
 	}
@@ -290,11 +312,14 @@ func ParseTick(data []byte) (Tick, error) {
 		return Tick{}, tickErr(ErrBadTopic, "missing \"topic\"")
 	}
 	if v, ok := raw["ts"]; ok && string(v) != "null" {
-		f, err := parseNumber(v)
-		if err != nil || f != math.Trunc(f) || f < 0 || f > 1<<53 {
-			return Tick{}, tickErr(ErrBadField, "ts must be a whole number of Unix milliseconds, got %s", v)
+		// A fraction of a millisecond is truncated, never rounded into
+		// the next millisecond (or bar).
+		n, err := parseNumber(v)
+		ms, fits := n.Trunc()
+		if err != nil || n.Sign() < 0 || !fits || ms > 1<<53 {
+			return Tick{}, tickErr(ErrBadField, "ts must be Unix milliseconds, got %s", v)
 		}
-		t.TS = int64(f)
+		t.TS = ms
 	}
 	for k, v := range raw {
 		switch k {
@@ -332,6 +357,9 @@ func ParseTick(data []byte) (Tick, error) {
 func (t *Tick) addParsed(name string, v json.RawMessage) error {
 	f, err := parseNumber(v)
 	if err != nil {
+		if errors.Is(err, ErrNonFinite) {
+			return tickErr(ErrNonFinite, "field %q", name)
+		}
 		return tickErr(ErrBadField, "field %q: %v", name, err)
 	}
 	if _, dup := t.Get(name); dup {
@@ -365,30 +393,18 @@ func (t *Tick) sortFields() {
 	}
 }
 
-var errNotNumber = errors.New("not a number")
-
-func parseNumber(v json.RawMessage) (float64, error) {
-	s := string(bytes.TrimSpace(v))
+// parseNumber reads a JSON number, or a string holding one (exchanges
+// send decimals as strings), exactly: no float64 round trip.
+func parseNumber(v json.RawMessage) (Num, error) {
+	s := bytes.TrimSpace(v)
 	if len(s) > 0 && s[0] == '"' {
-		// Exchanges send decimals as strings; accept them, but only if
-		// they are plain numbers.
 		var str string
-		if err := json.Unmarshal(v, &str); err != nil {
-			return 0, errNotNumber
+		if err := json.Unmarshal(s, &str); err != nil {
+			return Num{}, errNotNumber
 		}
-		s = str
-	} else if s == "" || (s[0] != '-' && (s[0] < '0' || s[0] > '9')) {
-		return 0, errNotNumber
+		s = bytes.TrimSpace([]byte(str))
+	} else if len(s) == 0 || (s[0] != '-' && (s[0] < '0' || s[0] > '9')) {
+		return Num{}, errNotNumber
 	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil {
-		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
-			return 0, ErrNonFinite
-		}
-		return 0, errNotNumber
-	}
-	if math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, ErrNonFinite
-	}
-	return f, nil
+	return parseNum(s)
 }

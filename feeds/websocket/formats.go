@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
 )
 
 // mapper turns one exchange message into ticks, appended to ticks. A
@@ -35,18 +36,19 @@ var errNotJSON = errors.New("websocket: message is not a JSON object")
 
 // number reads a JSON number or a decimal string (exchanges send prices
 // as strings to keep them exact).
-func number(raw json.RawMessage) (float64, error) {
+// It keeps the text's decimals exactly (tick.ParseNum).
+func number(raw json.RawMessage) (tick.Num, error) {
 	s := string(bytes.TrimSpace(raw))
 	if len(s) >= 2 && s[0] == '"' {
 		var str string
 		if err := json.Unmarshal(raw, &str); err != nil {
-			return 0, err
+			return tick.Num{}, err
 		}
 		s = strings.TrimSpace(str)
 	}
-	v, err := strconv.ParseFloat(s, 64)
-	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
-		return 0, fmt.Errorf("%s is not a finite number", raw)
+	v, err := tick.ParseNum(s)
+	if err != nil {
+		return tick.Num{}, fmt.Errorf("%s is not a finite number: %w", raw, err)
 	}
 	return v, nil
 }
@@ -512,17 +514,18 @@ func (g *generic) mapOne(msg, elem any, now time.Time) (t feeds.Tick, ok bool, e
 
 // value maps one field value: through Values if the field has them, else
 // as a number or decimal string.
-func (f *genericField) value(got any) (float64, error) {
+func (f *genericField) value(got any) (tick.Num, error) {
 	s := text(got)
 	if f.values != nil {
 		if x, ok := f.values[s]; ok {
-			return x, nil
+			n, _ := tick.NumOf(x) // finite: checked at start
+			return n, nil
 		}
-		return 0, fmt.Errorf("%s: %q is not one of the mapped values", f.name, s)
+		return tick.Num{}, fmt.Errorf("%s: %q is not one of the mapped values", f.name, s)
 	}
-	x, err := strconv.ParseFloat(s, 64)
-	if err != nil || math.IsNaN(x) || math.IsInf(x, 0) {
-		return 0, fmt.Errorf("%s: %q is not a finite number", f.name, s)
+	x, err := tick.ParseNum(strings.TrimSpace(s))
+	if err != nil {
+		return tick.Num{}, fmt.Errorf("%s: %q is not a finite number: %w", f.name, s, err)
 	}
 	return x, nil
 }

@@ -136,7 +136,7 @@ func num(t *testing.T, s string) float64 {
 	return v
 }
 
-func field(name string, v float64) feeds.Field { return feeds.Field{Name: name, Value: v} }
+func field(name string, v float64) feeds.Field { return feeds.F(name, v) }
 
 // coinbaseWant decodes the capture's ticker, match and last_match
 // messages with a plain struct, independently of the mapper.

@@ -89,6 +89,9 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		LagThrottle:            ms(s.LagThrottleMS),
 		Heartbeat:              ms(s.HeartbeatMS),
 		MaxTopicsPerSubscriber: s.MaxTopicsPerConn,
+		MaxFutureSkew:          limitSetting(s.MaxFutureSkewMS),
+		MaxTickAge:             limitSetting(s.MaxTickAgeMS),
+		TSPolicy:               stream.TSPolicy(s.TSPolicy),
 		Metrics:                stream.NewMetrics(reg),
 		Logger:                 log,
 	})
@@ -252,4 +255,16 @@ func authorizer(s Settings) (*auth.Authorizer, error) {
 		return nil, &SettingError{Setting: setting, Source: "value " + strconv.Quote(value), Err: err}
 	}
 	return a, nil
+}
+
+// limitSetting maps a ms limit setting to BusConfig's: -1 (no limit) is
+// 0, and 0 (no tolerance at all) is 1 ns, which compares as 0 ms.
+func limitSetting(ms int) time.Duration {
+	switch {
+	case ms < 0:
+		return 0
+	case ms == 0:
+		return time.Nanosecond
+	}
+	return time.Duration(ms) * time.Millisecond
 }

@@ -41,6 +41,9 @@ type Settings struct {
 	AcceptBurst       int     `yaml:"accept_burst" help:"token bucket size for new connections" default:"500" min:"1" max:"1000000"`
 	SendBufferBytes   int     `yaml:"send_buffer_bytes" help:"kernel send buffer (SO_SNDBUF) per connection, so a slow client's backlog stays where it is bounded; 0 = the system's autotuning" default:"262144" min:"0" max:"67108864"`
 	DisableWebSocket  bool    `yaml:"disable_websocket" help:"refuse /ws upgrades, as a proxy that blocks WebSocket would (clients fall back to SSE)" default:"false"`
+	MaxFutureSkewMS   int     `yaml:"max_future_skew_ms" help:"how far a tick's ts may be ahead of the server's clock; -1 = no limit" default:"5000" min:"-1" max:"31536000000"`
+	MaxTickAgeMS      int     `yaml:"max_tick_age_ms" help:"how far a tick's ts may be behind the server's clock; -1 = no limit" default:"86400000" min:"-1" max:"3153600000000"`
+	TSPolicy          string  `yaml:"ts_policy" help:"a tick whose ts is past those limits: refuse (with a reason) or stamp (ts = accept time)" default:"refuse"`
 	ShutdownTimeoutMS int     `yaml:"shutdown_timeout_ms" help:"how long graceful shutdown may take; a second signal exits at once" default:"5000" min:"100" max:"600000"`
 	DataDir           string  `yaml:"data_dir" help:"directory of the embedded store keeping history, candles, seqs and the epoch across restarts; empty = memory only" default:"data"`
 	RetentionTicks    int     `yaml:"retention_ticks" help:"ticks the store keeps per topic (0 = no bound by count); memory keeps history_depth" default:"100000" min:"0" max:"1000000000"`
@@ -244,6 +247,11 @@ func (s *Settings) validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return &SettingError{Setting: "log_level", Source: "value " + strconv.Quote(s.LogLevel), Err: errors.New("want debug, info, warn or error")}
+	}
+	switch s.TSPolicy {
+	case "refuse", "stamp":
+	default:
+		return &SettingError{Setting: "ts_policy", Source: "value " + strconv.Quote(s.TSPolicy), Err: errors.New("want refuse or stamp")}
 	}
 	switch s.LogFormat {
 	case "text", "json":

@@ -146,7 +146,7 @@ func TestSubscribeNextCursors(t *testing.T) {
 		s := expect(t, c, protocol.TypeSnapshot)
 		snaps[s.Topic] = s
 	}
-	if snaps["A"].Seq != 1 || snaps["A"].Data["price"] != 1 || snaps["B"].Data["price"] != 2 || snaps["A"].Epoch != e.bus.Epoch() {
+	if snaps["A"].Seq != 1 || snaps["A"].Data["price"].Float() != 1 || snaps["B"].Data["price"].Float() != 2 || snaps["A"].Epoch != e.bus.Epoch() {
 		t.Errorf("snapshots %+v", snaps)
 	}
 	for i := range 50 {
@@ -154,7 +154,7 @@ func TestSubscribeNextCursors(t *testing.T) {
 	}
 	for i := range 50 {
 		u := expect(t, c, protocol.TypeUpdate)
-		if u.Topic != "A" || u.Seq != uint64(i+2) || u.Agg == nil || u.Agg.N != 1 || u.Data["price"] != 10+float64(i) {
+		if u.Topic != "A" || u.Seq != uint64(i+2) || u.Agg == nil || u.Agg.N != 1 || u.Data["price"].Float() != 10+float64(i) {
 			t.Fatalf("update %d: %+v", i, u)
 		}
 	}
@@ -203,7 +203,7 @@ func TestResumeFromCursors(t *testing.T) {
 	}
 	for i := range 20 {
 		u := expect(t, c2, protocol.TypeUpdate)
-		if u.Seq != uint64(7+i) || u.Data["price"] != 200+float64(i) {
+		if u.Seq != uint64(7+i) || u.Data["price"].Float() != 200+float64(i) {
 			t.Fatalf("replayed update %d: %+v", i, u)
 		}
 	}
@@ -260,7 +260,7 @@ func TestKeepAlive(t *testing.T) {
 	}()
 	time.Sleep(8 * 250 * time.Millisecond) // quiet for 8 heartbeats
 	e.publish("A", 2)
-	if m := <-got; m.Type != protocol.TypeUpdate || m.Data["price"] != 2 {
+	if m := <-got; m.Type != protocol.TypeUpdate || m.Data["price"].Float() != 2 {
 		t.Errorf("after a quiet spell: %+v, want the update", m)
 	}
 }
@@ -307,13 +307,13 @@ func TestHistoryAndBackfill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.Epoch != e.bus.Epoch() || h.Oldest != 501 || h.Last != n || len(h.Ticks) != 10 || h.Ticks[0].Seq != 3001 || h.Ticks[0].Data["price"] != 3001 {
+	if h.Epoch != e.bus.Epoch() || h.Oldest != 501 || h.Last != n || len(h.Ticks) != 10 || h.Ticks[0].Seq != 3001 || h.Ticks[0].Data["price"].Float() != 3001 {
 		t.Errorf("History page: %+v", h)
 	}
 
 	var seqs []uint64
 	first, err := c.Backfill(ctx, "A", e.bus.Epoch(), 100, 3400, func(tk client.HistoryTick) error {
-		if tk.Data["price"] != float64(tk.Seq) {
+		if tk.Data["price"].Float() != float64(tk.Seq) {
 			t.Errorf("tick %d has price %v", tk.Seq, tk.Data["price"])
 		}
 		seqs = append(seqs, tk.Seq)

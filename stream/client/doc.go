@@ -18,6 +18,11 @@
 // HTTP URL is derived from the WebSocket one), for instance to fill in the
 // ticks that an update with agg.n > 1 folded together.
 //
+// Bars keeps a topic's candles of one interval exact from its updates
+// (agg.b, see docs/protocol.md "Candles from updates"), at any throttle
+// and however far the ticks' ts lags: seed it with /api/candles and Fold
+// every later update.
+//
 // Usage:
 //
 //	c, err := client.Dial(ctx, "ws://localhost:8080/ws", nil)

@@ -10,14 +10,16 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/tickstream/tickstream/feeds/tick"
 )
 
 // HistoryTick is one raw tick of a history page: its own fields, as
 // published (not merged with earlier ticks).
 type HistoryTick struct {
-	Seq  uint64             `json:"seq"`
-	TS   int64              `json:"ts"`
-	Data map[string]float64 `json:"data"`
+	Seq  uint64              `json:"seq"`
+	TS   int64               `json:"ts"`
+	Data map[string]tick.Num `json:"data"`
 }
 
 // History is one page of GET /api/history.

@@ -32,7 +32,7 @@ func AppendFields(b []byte, fs []tick.Field) []byte {
 		b = append(b, '"')
 		b = append(b, f.Name...)
 		b = append(b, '"', ':')
-		b = tick.AppendFloat(b, f.Value)
+		b = f.Value.Append(b)
 	}
 	return append(b, '}')
 }
@@ -59,26 +59,97 @@ func AppendUpdate(b []byte, topic, epoch string, seq uint64, ts int64, data []ti
 	b = strconv.AppendInt(b, agg.N, 10)
 	if agg.HasPrice {
 		b = append(b, `,"o":`...)
-		b = tick.AppendFloat(b, agg.O)
+		b = agg.O.Append(b)
 		b = append(b, `,"h":`...)
-		b = tick.AppendFloat(b, agg.H)
+		b = agg.H.Append(b)
 		b = append(b, `,"l":`...)
-		b = tick.AppendFloat(b, agg.L)
+		b = agg.L.Append(b)
 		b = append(b, `,"c":`...)
-		b = tick.AppendFloat(b, agg.C)
+		b = agg.C.Append(b)
 	}
 	b = append(b, `,"v":`...)
-	b = tick.AppendFloat(b, agg.V)
+	b = agg.V.Append(b)
+	if agg.Parts() {
+		b = append(b, `,"b":[`...)
+		for i := range agg.B {
+			b = appendPart(b, &agg.B[i])
+			b = append(b, ',')
+		}
+		b = appendPart(b, &agg.Cur)
+		b = append(b, ']')
+	}
 	return append(b, "}}"...)
+}
+
+func appendPart(b []byte, p *Part) []byte {
+	b = append(b, `{"t":`...)
+	b = strconv.AppendInt(b, p.T, 10)
+	b = append(b, `,"n":`...)
+	b = strconv.AppendInt(b, p.N, 10)
+	b = append(b, `,"o":`...)
+	b = p.O.Append(b)
+	b = append(b, `,"h":`...)
+	b = p.H.Append(b)
+	b = append(b, `,"l":`...)
+	b = p.L.Append(b)
+	b = append(b, `,"c":`...)
+	b = p.C.Append(b)
+	b = append(b, `,"v":`...)
+	b = p.V.Append(b)
+	return append(b, '}')
 }
 
 // AppendSnapshot appends a snapshot message.
 func AppendSnapshot(b []byte, topic, epoch string, seq uint64, ts int64, data []tick.Field) []byte {
+	return AppendSnapshotRef(b, topic, epoch, seq, ts, data, nil)
+}
+
+// AppendSnapshotRef appends a snapshot message with the topic's reference
+// figures, if ref is not nil.
+func AppendSnapshotRef(b []byte, topic, epoch string, seq uint64, ts int64, data []tick.Field, ref *Ref) []byte {
 	b = appendHead(b, TypeSnapshot, topic, epoch, seq, ts)
 	b = append(b, `,"data":`...)
 	b = AppendFields(b, data)
+	if ref != nil {
+		b = append(b, `,"ref":`...)
+		b = ref.Append(b)
+	}
 	return append(b, '}')
 }
+
+// Ref is a topic's rolling 24-hour reference figures, from its hourly
+// bars: Since is the start of the oldest hour included (the hour 23 hours
+// before the current one, or the topic's first hour if later), O the first
+// price since then, H and L the extremes, V the exact volume and N the
+// ticks with a price. Change is the latest price minus O.
+type Ref struct {
+	Since int64    `json:"since"`
+	O     tick.Num `json:"o"`
+	H     tick.Num `json:"h"`
+	L     tick.Num `json:"l"`
+	V     tick.Num `json:"v"`
+	N     int64    `json:"n"`
+}
+
+// Append appends r as a JSON object.
+func (r *Ref) Append(b []byte) []byte {
+	b = append(b, `{"since":`...)
+	b = strconv.AppendInt(b, r.Since, 10)
+	b = append(b, `,"o":`...)
+	b = r.O.Append(b)
+	b = append(b, `,"h":`...)
+	b = r.H.Append(b)
+	b = append(b, `,"l":`...)
+	b = r.L.Append(b)
+	b = append(b, `,"v":`...)
+	b = r.V.Append(b)
+	b = append(b, `,"n":`...)
+	b = strconv.AppendInt(b, r.N, 10)
+	return append(b, '}')
+}
+
+// MarshalJSON writes r as Append does.
+func (r *Ref) MarshalJSON() ([]byte, error) { return r.Append(nil), nil }
 
 func appendID(b []byte, id json.RawMessage) []byte {
 	if len(id) == 0 {

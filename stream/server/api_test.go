@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
 	"github.com/tickstream/tickstream/stream/protocol"
 )
 
@@ -81,9 +82,9 @@ func TestAPIData(t *testing.T) {
 	})
 
 	type histTick struct {
-		Seq  uint64             `json:"seq"`
-		TS   int64              `json:"ts"`
-		Data map[string]float64 `json:"data"`
+		Seq  uint64              `json:"seq"`
+		TS   int64               `json:"ts"`
+		Data map[string]tick.Num `json:"data"`
 	}
 	type history struct {
 		Topic  string     `json:"topic"`
@@ -118,7 +119,7 @@ func TestAPIData(t *testing.T) {
 					if ht.TS != want.TS || !equalData(ht.Data, fieldMap(want.Fields)) {
 						t.Errorf("%s: tick %+v, want ts %d data %v", tt.query, ht, want.TS, fieldMap(want.Fields))
 					}
-				} else if ht.Data["bid"] != 29 || len(ht.Data) != 1 {
+				} else if ht.Data["bid"].Float() != 29 || len(ht.Data) != 1 {
 					t.Errorf("%s: tick %+v, want only bid 29", tt.query, ht)
 				}
 			}
@@ -144,7 +145,7 @@ func TestAPIData(t *testing.T) {
 		}
 		k := topics[1]
 		want := map[string]float64{"price": 30, "size": 1, "bid": 29}
-		if k.Epoch != e.bus.Epoch() || k.Seq != 10 || k.TS != base+3_600_600 || !equalData(k.Data, want) || k.Rate == nil {
+		if k.Epoch != e.bus.Epoch() || k.Seq != 10 || k.TS != base+3_600_600 || !equalF(k.Data, want) || k.Rate == nil {
 			t.Errorf("K: %+v, want seq 10, ts %d, data %v and a rate", k, base+3_600_600, want)
 		}
 	})
@@ -311,8 +312,8 @@ func TestAPIPublish(t *testing.T) {
 				} `json:"ticks"`
 			}
 			e.doT(t, http.MethodGet, "/api/history?topic="+tt.topic, "", nil, &h)
-			if len(h.Ticks) != 2 || h.Ticks[0].TS != 1000 || !equalData(h.Ticks[0].Data, map[string]float64{"price": 1.5, "size": 2}) ||
-				h.Ticks[1].TS != 2000 || !equalData(h.Ticks[1].Data, map[string]float64{"price": 2.5, "oi": 7}) {
+			if len(h.Ticks) != 2 || h.Ticks[0].TS != 1000 || !equalF(h.Ticks[0].Data, map[string]float64{"price": 1.5, "size": 2}) ||
+				h.Ticks[1].TS != 2000 || !equalF(h.Ticks[1].Data, map[string]float64{"price": 2.5, "oi": 7}) {
 				t.Errorf("history %+v: want the 2 good ticks", h.Ticks)
 			}
 		})

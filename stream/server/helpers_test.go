@@ -146,7 +146,7 @@ func (e *env) publish(topic string, ts int64, fields ...feeds.Field) uint64 {
 	return seq
 }
 
-func f(name string, v float64) feeds.Field { return feeds.Field{Name: name, Value: v} }
+func f(name string, v float64) feeds.Field { return feeds.F(name, v) }
 
 // get does a GET and decodes a JSON body into out (if non-nil). It returns
 // the status and the raw body.

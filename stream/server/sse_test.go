@@ -48,7 +48,7 @@ func TestSSEStream(t *testing.T) {
 	}
 	for i := range 20 {
 		ev, u := c.expect(protocol.TypeUpdate)
-		if u.Seq != uint64(2+i) || u.Data["price"] != float64(11+i) || ev.ID == "" {
+		if u.Seq != uint64(2+i) || u.Data["price"].Float() != float64(11+i) || ev.ID == "" {
 			t.Fatalf("event %+v: want update seq %d with an id", ev, 2+i)
 		}
 	}

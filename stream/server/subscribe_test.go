@@ -40,7 +40,7 @@ func TestWSSubscribeBeforeFirstTick(t *testing.T) {
 
 	e.publish("NEW.a", 100, f("price", 1), f("size", 2))
 	u := c.expect(protocol.TypeUpdate)
-	if u.Topic != "NEW.a" || u.Seq != 1 || u.Data["price"] != 1 || u.Agg == nil || u.Agg.N != 1 {
+	if u.Topic != "NEW.a" || u.Seq != 1 || u.Data["price"].Float() != 1 || u.Agg == nil || u.Agg.N != 1 {
 		t.Fatalf("got %s, want the first update of NEW.a at seq 1", u)
 	}
 	e.publish("NEW.a", 101, f("price", 2))
@@ -129,7 +129,7 @@ func TestSSESubscribeBeforeFirstTick(t *testing.T) {
 		t.Fatalf("ack %s: want [S.new]", ack)
 	}
 	e.publish("S.new", 100, f("price", 3))
-	if _, u := c.expect(protocol.TypeUpdate); u.Topic != "S.new" || u.Seq != 1 || u.Data["price"] != 3 {
+	if _, u := c.expect(protocol.TypeUpdate); u.Topic != "S.new" || u.Seq != 1 || u.Data["price"].Float() != 3 {
 		t.Fatalf("got %s, want the first update of S.new", u)
 	}
 }

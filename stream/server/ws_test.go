@@ -13,26 +13,27 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/feeds/tick"
 	"github.com/tickstream/tickstream/stream"
 	"github.com/tickstream/tickstream/stream/protocol"
 	"github.com/tickstream/tickstream/stream/server"
 )
 
 // fieldMap is a tick's fields as the wire's data object.
-func fieldMap(fs []feeds.Field) map[string]float64 {
-	m := make(map[string]float64, len(fs))
+func fieldMap(fs []feeds.Field) map[string]tick.Num {
+	m := make(map[string]tick.Num, len(fs))
 	for _, f := range fs {
 		m[f.Name] = f.Value
 	}
 	return m
 }
 
-func equalData(a, b map[string]float64) bool {
+func equalData(a, b map[string]tick.Num) bool {
 	if len(a) != len(b) {
 		return false
 	}
 	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
+		if w, ok := b[k]; !ok || !w.Equal(v) {
 			return false
 		}
 	}
@@ -59,7 +60,7 @@ func TestWSSubscribeOrderAndEveryTick(t *testing.T) {
 	}
 	snap := c.expect(protocol.TypeSnapshot)
 	if snap.Topic != "T" || snap.Epoch != e.bus.Epoch() || snap.Seq != 1 || snap.TS != 1000 ||
-		!equalData(snap.Data, map[string]float64{"price": 1, "size": 2}) {
+		!equalData(snap.Data, map[string]tick.Num{"price": tick.NumInt(1), "size": tick.NumInt(2)}) {
 		t.Fatalf("snapshot %s: want T, epoch %s, seq 1, ts 1000, price 1, size 2", snap, e.bus.Epoch())
 	}
 
@@ -79,8 +80,8 @@ func TestWSSubscribeOrderAndEveryTick(t *testing.T) {
 	}
 	for i, tk := range ticks {
 		u := c.expect(protocol.TypeUpdate)
-		price, _ := tk.Get("price")
-		size, _ := tk.Get("size")
+		price, _ := tk.GetNum("price")
+		size, _ := tk.GetNum("size")
 		a := u.Agg
 		if u.Topic != "T" || u.Epoch != e.bus.Epoch() || u.Seq != uint64(i+2) || u.TS != tk.TS ||
 			!equalData(u.Data, fieldMap(tk.Fields)) || a == nil || a.N != 1 ||
@@ -104,14 +105,14 @@ func TestWSCoalescingExact(t *testing.T) {
 
 	const n = 3000
 	rng := rand.New(rand.NewPCG(1, 2))
-	price := map[uint64]float64{}
-	size := map[uint64]float64{}
+	price := map[uint64]tick.Num{}
+	size := map[uint64]tick.Num{}
 	var last uint64
 	for i := range n {
 		p := math.Round((50+rng.NormFloat64()*5)*100) / 100
 		s := math.Round(rng.Float64()*1000) / 100
 		last = e.publish("C", int64(10+i), f("price", p), f("size", s))
-		price[last], size[last] = p, s
+		price[last], size[last] = f("", p).Value, f("", s).Value
 		if i%30 == 29 {
 			time.Sleep(2 * time.Millisecond) // spread the ticks over many windows
 		}
@@ -130,18 +131,24 @@ func TestWSCoalescingExact(t *testing.T) {
 		}
 		// The window covers seqs (prev, u.Seq].
 		var want protocol.WireAgg
-		var hi, lo, open, cl float64
+		var hi, lo, open, cl tick.Num
 		for s := prev + 1; s <= u.Seq; s++ {
 			p := price[s]
 			if s == prev+1 {
 				open, hi, lo = p, p, p
 			}
-			hi, lo, cl = max(hi, p), min(lo, p), p
+			if p.Cmp(hi) > 0 {
+				hi = p
+			}
+			if p.Cmp(lo) < 0 {
+				lo = p
+			}
+			cl = p
 			want.N++
-			want.V += size[s]
+			want.V = want.V.Add(size[s])
 		}
 		a := u.Agg
-		if a.N != want.N || *a.O != open || *a.H != hi || *a.L != lo || *a.C != cl || math.Abs(a.V-want.V) > 1e-6*max(1, want.V) {
+		if a.N != want.N || *a.O != open || *a.H != hi || *a.L != lo || *a.C != cl || !a.V.Equal(want.V) {
 			t.Fatalf("window (%d, %d]: got %s\nwant n %d o %v h %v l %v c %v v %v", prev, u.Seq, u, want.N, open, hi, lo, cl, want.V)
 		}
 		if u.Data["price"] != cl || u.Data["size"] != size[u.Seq] {
@@ -153,19 +160,19 @@ func TestWSCoalescingExact(t *testing.T) {
 
 	// Over all windows: n, volume and the extremes add up.
 	var sumN int64
-	var sumV, wantV float64
+	var sumV, wantV tick.Num
 	hi, lo := math.Inf(-1), math.Inf(1)
 	for _, u := range updates {
 		sumN += u.Agg.N
-		sumV += u.Agg.V
-		hi, lo = max(hi, *u.Agg.H), min(lo, *u.Agg.L)
+		sumV = sumV.Add(u.Agg.V)
+		hi, lo = max(hi, (*u.Agg.H).Float()), min(lo, (*u.Agg.L).Float())
 	}
 	wantHi, wantLo := math.Inf(-1), math.Inf(1)
 	for s, p := range price {
-		wantHi, wantLo = max(wantHi, p), min(wantLo, p)
-		wantV += size[s]
+		wantHi, wantLo = max(wantHi, p.Float()), min(wantLo, p.Float())
+		wantV = wantV.Add(size[s])
 	}
-	if sumN != n || hi != wantHi || lo != wantLo || math.Abs(sumV-wantV) > 1e-6*wantV {
+	if sumN != n || hi != wantHi || lo != wantLo || !sumV.Equal(wantV) {
 		t.Errorf("sum n %d (want %d), high %v (want %v), low %v (want %v), volume %v (want %v)", sumN, n, hi, wantHi, lo, wantLo, sumV, wantV)
 	}
 	if lastU := updates[len(updates)-1]; lastU.Seq != last || *lastU.Agg.C != price[last] {
@@ -276,13 +283,13 @@ func TestWSResumeCursors(t *testing.T) {
 					t.Fatalf("reset %s: want topic H, reason %s", r, tt.reset)
 				}
 				s := c.expect(protocol.TypeSnapshot)
-				if s.Seq != 20 || s.Epoch != epoch || s.Data["price"] != 19 {
+				if s.Seq != 20 || s.Epoch != epoch || s.Data["price"].Float() != 19 {
 					t.Fatalf("snapshot %s: want seq 20, price 19", s)
 				}
 			}
 			for _, seq := range tt.updates {
 				u := c.expect(protocol.TypeUpdate)
-				if u.Seq != seq || u.Agg.N != 1 || u.Data["price"] != float64(seq-1) || u.TS != int64(100+seq-1) {
+				if u.Seq != seq || u.Agg.N != 1 || u.Data["price"].Float() != float64(seq-1) || u.TS != int64(100+seq-1) {
 					t.Fatalf("replayed %s: want seq %d, price %d", u, seq, seq-1)
 				}
 			}
@@ -314,7 +321,7 @@ func TestWSPatternSubscription(t *testing.T) {
 		price float64
 	}{{"X.b", 1, 2}, {"X.a", 2, 3}} {
 		u := c.expect(protocol.TypeUpdate)
-		if u.Topic != want.topic || u.Seq != want.seq || u.Data["price"] != want.price {
+		if u.Topic != want.topic || u.Seq != want.seq || u.Data["price"].Float() != want.price {
 			t.Fatalf("got %s, want update of %s seq %d price %v", u, want.topic, want.seq, want.price)
 		}
 	}
@@ -485,7 +492,7 @@ func TestWSNoDuplicates(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("publish: %d %s", status, raw)
 	}
-	if u := c.expect(protocol.TypeUpdate); u.Topic != "D.a" || u.Seq != 52 || u.Data["price"] != 42 {
+	if u := c.expect(protocol.TypeUpdate); u.Topic != "D.a" || u.Seq != 52 || u.Data["price"].Float() != 42 {
 		t.Fatalf("update %s: want D.a seq 52 price 42", u)
 	}
 }
@@ -501,4 +508,17 @@ func TestWSDisabled(t *testing.T) {
 	c := e.openSSE(t, "/sse", nil)
 	c.next(5 * time.Second)
 	c.expect(protocol.TypeWelcome)
+}
+
+// equalF is equalData for data decoded as float64s.
+func equalF(a, b map[string]float64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
 }

@@ -123,7 +123,7 @@ func TestRestartKeepsEverything(t *testing.T) {
 	if !reflect.DeepEqual(before, after) {
 		t.Fatalf("after a restart:\n%+v\nwant\n%+v", after, before)
 	}
-	if seq, err := b.Publish("test", tick.Tick{Topic: "A", Fields: []tick.Field{{Name: "price", Value: 1}}}); err != nil || seq != 101 {
+	if seq, err := b.Publish("test", tick.Tick{Topic: "A", Fields: []tick.Field{tick.F("price", 1)}}); err != nil || seq != 101 {
 		t.Fatalf("next publish: seq %d, %v; want 101", seq, err)
 	}
 	closeAll(t, b, st)
