@@ -35,7 +35,7 @@ type topic struct {
 	rec      StoreRecord // scratch for Store.Append
 	// lineage is the earlier epochs whose cursors resume here (see
 	// StoredTopic.Lineage).
-	lineage []EpochSeq
+	lineage  []EpochSeq
 	snapHour int64
 
 	rateSec   int64 // Unix second of rateCount
