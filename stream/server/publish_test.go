@@ -80,7 +80,7 @@ func TestWSPublishAck(t *testing.T) {
 	if *a.Accepted != 2 || a.Seqs["WP"] != 2 || len(a.Refused) != 3 {
 		t.Fatalf("ack %s: want 2 accepted, seqs WP=2, 3 refused", a)
 	}
-	wantCodes := map[int]string{1: protocol.CodeBadTopic, 2: protocol.CodeBadField, 4: protocol.CodeBadJSON}
+	wantCodes := map[int]string{1: protocol.CodeBadTopic, 2: protocol.CodeNonFinite, 4: protocol.CodeBadJSON}
 	for _, r := range a.Refused {
 		if wantCodes[r.Index] != r.Code || r.Error == "" {
 			t.Errorf("refused %+v: want code %q", r, wantCodes[r.Index])
