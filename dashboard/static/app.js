@@ -164,6 +164,8 @@ const ui = {
   feeds: [], // last /api/feeds answer
   feedProblem: '', // the warning shown on the symbols, '' when none
   topicsLoaded: false,
+  window: [0, 0], // rows of ui.order in the DOM
+  windowDirty: true,
 };
 
 const throttle = Number(store.get('throttle', '250')) || 250;
@@ -181,17 +183,27 @@ function scheduleSyncSubs() {
   if (subsTimer) return;
   subsTimer = setTimeout(() => { subsTimer = 0; syncSubs(); }, 100);
 }
+// The board is windowed: only the rows in view (and a margin) are in the
+// DOM, between two spacer bodies that keep the scroll height. Rows have a
+// fixed height (CSS), measured once.
+let rowH = 0;
+function rowHeight() {
+  if (!rowH) {
+    const first = tbody.firstElementChild;
+    if (first && first.offsetHeight) rowH = first.offsetHeight;
+  }
+  return rowH || 25;
+}
 function visibleRange() {
   const wrap = $('table-wrap');
   const n = ui.order.length;
   if (!n) return [0, 0];
-  const first = tbody.firstElementChild;
-  const rh = first ? first.offsetHeight : 0;
-  if (!rh || !wrap.clientHeight) return [0, Math.min(n, 50)];
-  const head = tbody.offsetTop;
+  const rh = rowHeight();
+  const view = wrap.clientHeight || 800;
+  const head = board.tHead ? board.tHead.offsetHeight : 0;
   const a = Math.floor((wrap.scrollTop - head) / rh);
-  const b = Math.ceil((wrap.scrollTop + wrap.clientHeight - head) / rh);
-  return [Math.max(0, a - SUB_MARGIN_ROWS), Math.min(n, b + SUB_MARGIN_ROWS)];
+  const b = Math.ceil((wrap.scrollTop + view - head) / rh);
+  return [Math.max(0, a - SUB_MARGIN_ROWS), Math.min(n, Math.max(0, b) + SUB_MARGIN_ROWS)];
 }
 function wantedSubs() {
   const want = new Set();
@@ -224,6 +236,8 @@ function syncSubs() {
 
 const tbody = $('rows');
 const board = $('board');
+const padTop = document.querySelector('#pad-top td');
+const padBottom = document.querySelector('#pad-bottom td');
 const COLS = ['topic', 'price', 'chg', 'pct', 'bid', 'ask', 'volume', 'rate', 'age'];
 const COL_CLASS = { topic: 'sym', price: 'num', chg: 'num', pct: 'num', bid: 'num opt', ask: 'num opt', volume: 'num opt2', rate: 'num opt', age: 'num opt2' };
 let rowIds = 0;
@@ -387,7 +401,7 @@ function renderRow(r, now) {
 }
 
 function renderAges(now) {
-  const [a, b] = visibleRange();
+  const [a, b] = ui.window;
   for (let i = a; i < b; i++) {
     const r = rows.get(ui.order[i]);
     if (!r || !r.el) continue;
@@ -433,21 +447,9 @@ function renderOrder(now) {
   const order = list.map((r) => r.topic);
   const same = order.length === ui.order.length && order.every((t, i) => t === ui.order[i]);
   if (!same) {
-    // Move only the rows that are out of place: the board keeps its focus
-    // (it is on the table, not on a row) and untouched rows keep their
-    // layout.
-    const keep = new Set(order);
-    for (const t of ui.order) {
-      if (!keep.has(t)) { const r = rows.get(t); if (r && r.el) r.el.remove(); }
-    }
-    let at = tbody.firstElementChild;
-    for (const r of list) {
-      if (!r.el) renderRow(r, now);
-      if (r.el === at) at = at.nextElementSibling;
-      else tbody.insertBefore(r.el, at);
-    }
-    while (at) { const next = at.nextElementSibling; at.remove(); at = next; }
     ui.order = order;
+    ui.windowDirty = true;
+    renderWindow(now);
     if (document.activeElement === board) revealSelected();
     scheduleSyncSubs();
   }
@@ -480,18 +482,57 @@ function appendNewRows(now) {
   let added = false;
   for (const r of rows.values()) {
     if (shown.has(r.topic) || (f && !r.topic.toLowerCase().includes(f))) continue;
-    if (!r.el) renderRow(r, now);
-    tbody.appendChild(r.el);
     ui.order.push(r.topic);
     added = true;
   }
-  if (added) scheduleSyncSubs();
+  if (added) {
+    ui.windowDirty = true;
+    scheduleSyncSubs();
+  }
   ui.orderDirty = false;
 }
 
+// renderWindow puts the rows of the visible range into the DOM, in order,
+// moving only the ones out of place (the board keeps its focus: it is on
+// the table, not on a row).
+function renderWindow(now) {
+  const [a, b] = visibleRange();
+  if (!ui.windowDirty && a === ui.window[0] && b === ui.window[1]) return;
+  ui.windowDirty = false;
+  ui.window = [a, b];
+  const list = [];
+  for (let i = a; i < b; i++) {
+    const r = rows.get(ui.order[i]);
+    if (!r) continue;
+    if (!r.el || r.dirty) renderRow(r, now);
+    r.el.setAttribute('aria-rowindex', String(i + 2)); // the header is row 1
+    list.push(r);
+  }
+  const keep = new Set(list.map((r) => r.el));
+  for (const el of [...tbody.children]) if (!keep.has(el)) el.remove();
+  let at = tbody.firstElementChild;
+  for (const r of list) {
+    if (r.el === at) at = at.nextElementSibling;
+    else tbody.insertBefore(r.el, at);
+  }
+  const rh = rowHeight();
+  padTop.style.height = a * rh + 'px';
+  padBottom.style.height = Math.max(0, ui.order.length - b) * rh + 'px';
+  board.setAttribute('aria-rowcount', String(ui.order.length + 1));
+  updateActiveDescendant();
+}
+
+// revealSelected scrolls the selected row into view.
 function revealSelected() {
-  const r = rows.get(ui.selected);
-  if (r && r.el && r.el.isConnected) r.el.scrollIntoView({ block: 'nearest' });
+  const i = ui.order.indexOf(ui.selected);
+  if (i < 0) return;
+  const wrap = $('table-wrap');
+  const rh = rowHeight();
+  const head = board.tHead ? board.tHead.offsetHeight : 0;
+  const top = head + i * rh;
+  if (top - head < wrap.scrollTop) wrap.scrollTop = top - head;
+  else if (top + rh > wrap.scrollTop + wrap.clientHeight) wrap.scrollTop = top + rh - wrap.clientHeight;
+  renderWindow(Date.now());
 }
 
 // ---- time & sales ----------------------------------------------------------
@@ -778,7 +819,7 @@ function selectTopic(topic) {
 
 function updateActiveDescendant() {
   const r = rows.get(ui.selected);
-  if (r && r.el) board.setAttribute('aria-activedescendant', r.id);
+  if (r && r.el && r.el.isConnected) board.setAttribute('aria-activedescendant', r.id);
   else board.removeAttribute('aria-activedescendant');
 }
 
@@ -1141,7 +1182,11 @@ function render(now) {
   } else if (ui.orderDirty || (ui.sortKey !== 'topic' && now - ui.lastSort > SORT_EVERY_MS)) {
     renderOrder(now);
   }
-  for (const r of rows.values()) if (r.dirty && r.el) renderRow(r, now);
+  renderWindow(now);
+  for (let i = ui.window[0]; i < ui.window[1]; i++) {
+    const r = rows.get(ui.order[i]);
+    if (r && r.dirty && r.el) renderRow(r, now);
+  }
   expireFlashes(now);
   renderChart();
   renderChartHead();
@@ -1195,6 +1240,13 @@ async function loadTopics() {
     const res = await fetch('api/topics', { cache: 'no-store' });
     if (!res.ok) return;
     const body = await res.json();
+    takeTopics(body);
+  } catch (e) {
+    noteError('topics: ' + (e && e.message || e));
+  }
+}
+function takeTopics(body) {
+  {
     const list = Array.isArray(body) ? body : (body && body.topics) || [];
     for (const t of list) {
       if (!t || !t.topic) continue;
@@ -1218,8 +1270,6 @@ async function loadTopics() {
     }
     scheduleSyncSubs();
     scheduleRender();
-  } catch (e) {
-    noteError('topics: ' + (e && e.message || e));
   }
 }
 
@@ -1318,7 +1368,7 @@ function init() {
   // selection (announced through aria-activedescendant and aria-selected).
   board.addEventListener('keydown', (e) => {
     if (e.target !== board) return;
-    const page = Math.max(1, Math.floor($('table-wrap').clientHeight / ((tbody.firstElementChild && tbody.firstElementChild.offsetHeight) || 24)) - 1);
+    const page = Math.max(1, Math.floor($('table-wrap').clientHeight / rowHeight()) - 1);
     switch (e.key) {
       case 'ArrowDown': moveSelection(1); break;
       case 'ArrowUp': moveSelection(-1); break;
@@ -1339,8 +1389,8 @@ function init() {
   // No re-sorting under the pointer: a click lands on the row it aimed at.
   tbody.addEventListener('pointerenter', () => { ui.pointerOver = true; });
   tbody.addEventListener('pointerleave', () => { ui.pointerOver = false; scheduleRender(); });
-  $('table-wrap').addEventListener('scroll', () => scheduleSyncSubs(), { passive: true });
-  addEventListener('resize', () => scheduleSyncSubs());
+  $('table-wrap').addEventListener('scroll', () => { scheduleRender(); scheduleSyncSubs(); }, { passive: true });
+  addEventListener('resize', () => { rowH = 0; ui.windowDirty = true; scheduleRender(); scheduleSyncSubs(); });
   for (const b of document.querySelectorAll('#intervals button')) {
     b.addEventListener('click', () => setIntervalName(b.dataset.interval));
   }
