@@ -16,7 +16,7 @@ const SORT_EVERY_MS = 500;
 const RATE_WINDOW_MS = 2000; // ticks/s is counted over this sliding window
 const RATE_BUCKET_MS = 250;
 const RATE_MIN_MS = 1000; // until this much was counted, the server's figure
-const FLASH_MS = 400;
+const FLASH_MS = 200;
 const TOPICS_EVERY_MS = 2000; // rows not subscribed are refreshed this often
 const FEEDS_EVERY_MS = 5000;
 const SUB_MARGIN_ROWS = 10; // rows above and below the visible ones
@@ -230,6 +230,7 @@ function syncSubs() {
     for (const t of add) subs.add(t);
     client.subscribe(add);
   }
+  if (add.length || del.length) $('st-topics').textContent = `${rows.size} topics · ${subs.size} live`;
 }
 
 // ---- board -----------------------------------------------------------------
@@ -744,8 +745,8 @@ function createChart() {
     grid: { vertLines: { color: c.line }, horzLines: { color: c.line } },
     crosshair: { mode: LWC.CrosshairMode.Normal },
     localization: { priceFormatter: (p) => fmtPrice(p, chartDecimals()) },
-    // Room above the highest bar so the top price label is never clipped.
-    rightPriceScale: { borderColor: c.line, scaleMargins: { top: 0.14, bottom: 0.25 } },
+        // entireTextOnly: no half-drawn label at the top or bottom of the scale.
+    rightPriceScale: { borderColor: c.line, entireTextOnly: true, scaleMargins: { top: 0.1, bottom: 0.25 } },
     timeScale: { borderColor: c.line, timeVisible: true, secondsVisible: chartState.interval === '1s', rightOffset: 4 },
   });
   candleSeries = chart.addSeries(LWC.CandlestickSeries, {
