@@ -214,6 +214,11 @@ function wantedSubs() {
   return want;
 }
 function syncSubs() {
+  // Only on a live connection: tickstream.js sends the subscribe of a new
+  // connection when it opens, and drops a subscribe() made between the
+  // open and the welcome. A connection that becomes live syncs again.
+  const st = client.status().state;
+  if (st !== 'live' && st !== 'lagging') return;
   const want = wantedSubs();
   const add = [...want].filter((t) => !subs.has(t));
   const del = [...subs].filter((t) => !want.has(t));
@@ -1227,6 +1232,7 @@ function renderBadge(s) {
       conn.downSince = 0;
     }
     lastState = said;
+    if (isUp) setTimeout(syncSubs, 0); // after the connection's own subscribe
   }
 }
 
