@@ -239,16 +239,18 @@ func TestFocusAndPointerStableOnResort(t *testing.T) {
 	if tabStops != 0 {
 		t.Errorf("%d tab stops inside the board's rows; want one for the whole board", tabStops)
 	}
-	// Sort by change from the keyboard: it changes with every tick, so the
-	// board re-sorts twice a second.
-	b.do(t, chromedp.Focus(chromedp.CSS(`#board th[data-key="pct"] button`)), key("\r"))
-	b.waitFor(t, "sorted by change", 5*time.Second, `document.querySelector('#board th[data-key="pct"]').getAttribute('aria-sort') !== 'none'`)
+	// Arrow keys in the board, sorted by symbol: AAPL → BTC-USD → DOGE-USD.
 	b.do(t, chromedp.Focus(chromedp.CSS(`#board`)), key(kb.ArrowDown), key(kb.ArrowDown))
 	var sel string
 	b.eval(t, `decodeURIComponent(location.hash.slice(1))`, &sel)
-	if sel == "AAPL" || sel == "" {
-		t.Fatalf("arrow keys did not move the selection (still %q)", sel)
+	if sel != "DOGE-USD" {
+		t.Fatalf("two arrow-downs from AAPL selected %q, want DOGE-USD", sel)
 	}
+	// Sort by change from the keyboard: it changes with every tick, so the
+	// board re-sorts twice a second. Then back to the board.
+	b.do(t, chromedp.Focus(chromedp.CSS(`#board th[data-key="pct"] button`)), key("\r"))
+	b.waitFor(t, "sorted by change", 5*time.Second, `document.querySelector('#board th[data-key="pct"]').getAttribute('aria-sort') !== 'none'`)
+	b.do(t, chromedp.Focus(chromedp.CSS(`#board`)))
 	check := func(when string) {
 		t.Helper()
 		var st struct {
