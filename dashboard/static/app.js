@@ -109,18 +109,20 @@ function fmtAge(ms) {
 const tz = {
   mode: store.get('tz', 'local') === 'utc' ? 'utc' : 'local',
   fmt: null,
+  nameFmt: null,
   offCache: new Map(),
 };
 function setTzFormat() {
   const opts = { hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23' };
   if (tz.mode === 'utc') opts.timeZone = 'UTC';
   tz.fmt = new Intl.DateTimeFormat('en-GB', opts);
+  tz.nameFmt = new Intl.DateTimeFormat('en-US', { timeZoneName: 'short' });
 }
 setTzFormat();
 function tzLabel(ts) {
   if (tz.mode === 'utc') return 'UTC';
   try {
-    const p = new Intl.DateTimeFormat('en-US', { timeZoneName: 'short' }).formatToParts(new Date(ts)).find((x) => x.type === 'timeZoneName');
+    const p = tz.nameFmt.formatToParts(new Date(ts)).find((x) => x.type === 'timeZoneName');
     return p ? p.value : 'local';
   } catch { return 'local'; }
 }
