@@ -69,7 +69,17 @@ type testServer struct {
 
 func startServer(t *testing.T, disableWS bool, seed func(*stream.Bus)) *testServer {
 	t.Helper()
-	ts := &testServer{t: t, cfg: server.Config{DisableWebSocket: disableWS, RetryBase: 300 * time.Millisecond}}
+	return startServerWith(t, func(c *server.Config) { c.DisableWebSocket = disableWS }, seed)
+}
+
+// startServerWith is startServer with more settings (e.g. a feed status
+// reporter).
+func startServerWith(t *testing.T, configure func(*server.Config), seed func(*stream.Bus)) *testServer {
+	t.Helper()
+	ts := &testServer{t: t, cfg: server.Config{RetryBase: 300 * time.Millisecond}}
+	if configure != nil {
+		configure(&ts.cfg)
+	}
 	ts.startBus(seed)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -469,7 +479,7 @@ func TestBoardAndChart(t *testing.T) {
 		return c.bars.length === 1 && b.t === w.t && b.o === w.o && b.h === w.h && b.l === w.l && b.c === w.c && b.v === w.v && b.n === w.n;
 	})()`, mustJSON(want)))
 	b.waitFor(t, "TEST-X's last price in the board's DOM", 5*time.Second,
-		`document.querySelector('#rows tr[data-topic="TEST-X"] td[data-col="price"]').textContent === '101.250'`)
+		`document.querySelector('#rows tr[data-topic="TEST-X"] td[data-col="price"]').textContent === '101.25'`)
 	row := b.board(t)["TEST-X"]
 	if row.Open != 100 || row.Price != 101.25 {
 		t.Errorf("TEST-X row = %+v, want open 100 (first price seen) and price 101.25", row)
@@ -480,7 +490,7 @@ func TestBoardAndChart(t *testing.T) {
 	// The chart's header and legend show it too.
 	var legend string
 	b.eval(t, `document.getElementById('legend').textContent`, &legend)
-	if !strings.Contains(legend, "H 110.000") || !strings.Contains(legend, "L 95.000") {
+	if !strings.Contains(legend, "H 110.00") || !strings.Contains(legend, "L 95.00") || strings.Contains(legend, "110.000") {
 		t.Errorf("legend = %q, want the live bar's high and low", legend)
 	}
 
@@ -568,6 +578,17 @@ func TestReconnectNoHole(t *testing.T) {
 			if _, _, label := b.badge(t); !strings.HasPrefix(label, "Reconnecting in ") || !strings.HasSuffix(label, " s") {
 				t.Errorf("badge while the server is down says %q, want \"Reconnecting in N s\"", label)
 			}
+			// Screen readers hear the state, not every second of the
+			// countdown: the badge is in no live region, the status text
+			// has no number.
+			var live struct {
+				BadgeLive bool
+				Said      string
+			}
+			b.eval(t, `({BadgeLive: !!document.getElementById('badge').closest('[aria-live],[role=status],[role=alert]'), Said: document.getElementById('conn-live').textContent})`, &live)
+			if live.BadgeLive || strings.ContainsAny(live.Said, "0123456789") || !strings.Contains(live.Said, "Reconnecting") {
+				t.Errorf("while reconnecting: badge in a live region %v, announced %q; want the countdown outside live regions and the state announced once", live.BadgeLive, live.Said)
+			}
 			b.waitFor(t, "live again", 20*time.Second, fmt.Sprintf(`__tickstream.stats().connects >= 2 && document.getElementById('badge').dataset.state === 'live' && document.getElementById('badge').dataset.transport === %q`, tc.transport))
 			time.Sleep(2500 * time.Millisecond) // more bars after the restart
 
@@ -630,6 +651,8 @@ func TestRestartNewEpoch(t *testing.T) {
 	b.do(t, chromedp.Click(chromedp.CSS(`#intervals button[data-interval="1s"]`)))
 	b.waitFor(t, "a few 1s bars", 15*time.Second, `(() => { const c = __tickstream.chart(10); return c.topic === 'ETH-USD' && c.interval === '1s' && !c.loading && c.bars.length >= 3; })()`)
 	oldEpoch := b.board(t)["ETH-USD"].Epoch
+	time.Sleep(2 * time.Second)
+	before := b.chart(t, 2000).Bars
 
 	ts.restart(500*time.Millisecond, true)
 	newEpoch := ts.bus.Epoch()
@@ -641,27 +664,40 @@ func TestRestartNewEpoch(t *testing.T) {
 	if st.Resets < len(sim.DefaultSymbols) || st.Gaps != 0 {
 		t.Errorf("stats = %+v, want a reset per topic and no gaps", st)
 	}
-	// The chart was refetched: its bars are the new bus's, not the old ones.
+	// The chart was backfilled from the new server after its bars from
+	// before the restart, which are kept; the outage is marked on the
+	// chart and in time & sales.
+	b.waitFor(t, "the outage marked", 10*time.Second, `__tickstream.chart(1).outages.some((o) => o.lost) && __tickstream.tape().some((x) => x.mark && /restarted/.test(x.text))`)
 	time.Sleep(1500 * time.Millisecond)
 	c := b.chart(t, 2000)
 	server, err := ts.bus.Candles("ETH-USD", "1s", 2000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Loading || len(c.Bars) == 0 || len(server) == 0 || c.Bars[0].T != server[0].T {
-		t.Errorf("chart after the new epoch: %d bars from %v, server has %d from %v", len(c.Bars), firstT(c.Bars), len(server), firstT2(server))
+	if c.Loading || len(c.Bars) == 0 || len(server) == 0 {
+		t.Fatalf("chart after the new epoch: %d bars, server has %d", len(c.Bars), len(server))
+	}
+	if c.Bars[0].T > before[0].T || len(c.Bars) < len(before) {
+		t.Errorf("chart after the new epoch: %d bars from %v; before the restart %d bars from %v: history was wiped", len(c.Bars), firstT(c.Bars), len(before), firstT(before))
+	}
+	at := -1
+	for i, x := range c.Bars {
+		if x.T == server[0].T {
+			at = i
+		}
+	}
+	if at < 0 {
+		t.Errorf("chart after the new epoch has no bar at the new server's first bar %d", server[0].T)
+	}
+	var marks int
+	b.eval(t, `document.querySelectorAll('#tape-rows tr.tape-mark').length`, &marks)
+	if marks == 0 {
+		t.Error("time & sales shows no mark for the outage")
 	}
 	b.checkNoErrors(t)
 }
 
 func firstT(bs []bar) any {
-	if len(bs) == 0 {
-		return nil
-	}
-	return bs[0].T
-}
-
-func firstT2(bs []stream.Candle) any {
 	if len(bs) == 0 {
 		return nil
 	}

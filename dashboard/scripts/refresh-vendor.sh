@@ -1,7 +1,10 @@
 #!/bin/sh
 # refresh-vendor.sh refreshes dashboard/static/vendor/ from npm: the
 # standalone production build of lightweight-charts at the exact version
-# pinned in dashboard/package.json, with its LICENSE and NOTICE.
+# pinned in dashboard/package.json, with its LICENSE and NOTICE. It also
+# refreshes dashboard/test/vendor/ (axe-core's axe.min.js and its LICENSE,
+# MPL-2.0, at the devDependencies version), which only the browser tests
+# load: it is not embedded in the binary.
 #
 # Usage: dashboard/scripts/refresh-vendor.sh [version]
 #
@@ -39,3 +42,17 @@ else
 fi
 echo "lightweight-charts $version" >"$vendor/VERSION"
 echo "refresh-vendor: lightweight-charts $version -> $vendor"
+
+# axe-core, for the accessibility check of the browser tests.
+axe=$(node -p "require('$here/package.json').devDependencies['axe-core']")
+case $axe in
+	*[!0-9.]*|'') echo "refresh-vendor: want an exact axe-core version like 4.14.1, got '$axe'" >&2; exit 2 ;;
+esac
+(cd "$tmp" && npm pack --silent "axe-core@$axe" >/dev/null)
+mkdir -p "$tmp/axe" "$here/test/vendor"
+tar -xzf "$tmp/axe-core-$axe.tgz" -C "$tmp/axe"
+got=$(node -p "require('$tmp/axe/package/package.json').version")
+[ "$got" = "$axe" ] || { echo "refresh-vendor: npm gave axe-core $got, want $axe" >&2; exit 1; }
+cp "$tmp/axe/package/axe.min.js" "$tmp/axe/package/LICENSE" "$here/test/vendor/"
+echo "axe-core $axe" >"$here/test/vendor/VERSION"
+echo "refresh-vendor: axe-core $axe -> $here/test/vendor"

@@ -1,6 +1,11 @@
-// app.js — the tickstream dashboard: a ticker board and a live chart,
-// built on tickstream.js and TradingView Lightweight Charts (loaded as the
-// global LightweightCharts by the vendored standalone build).
+// app.js — the tickstream dashboard: a ticker board, a live chart and a
+// time & sales tape, built on tickstream.js and TradingView Lightweight
+// Charts (loaded as the global LightweightCharts by the vendored standalone
+// build).
+//
+// What it subscribes to: the board's visible rows (plus a margin), the
+// watchlist and the selected symbol. Every other row is refreshed by polling
+// GET /api/topics, which also brings in topics that appear later.
 
 import { Tickstream, Candles, TransportName } from './tickstream.js';
 
@@ -8,42 +13,85 @@ const LWC = globalThis.LightweightCharts;
 const INTERVALS = { '1s': 1000, '1m': 60000, '5m': 300000, '1h': 3600000 };
 const BACKFILL_BARS = 500;
 const SORT_EVERY_MS = 500;
-const RATE_WINDOW_S = 3;
+const RATE_WINDOW_MS = 2000; // ticks/s is counted over this sliding window
+const RATE_BUCKET_MS = 250;
+const RATE_MIN_MS = 1000; // until this much was counted, the server's figure
+const FLASH_MS = 200;
+const TOPICS_EVERY_MS = 2000; // rows not subscribed are refreshed this often
+const FEEDS_EVERY_MS = 5000;
+const SUB_MARGIN_ROWS = 10; // rows above and below the visible ones
+const TAPE_ROWS = 60;
+const TAPE_MIN_GAP_MS = 150; // at most one /api/history request this often
 
 const $ = (id) => document.getElementById(id);
 const store = {
   get(k, d) { try { return localStorage.getItem('tickstream.' + k) ?? d; } catch { return d; } },
   set(k, v) { try { localStorage.setItem('tickstream.' + k, String(v)); } catch { /* private mode */ } },
 };
+function storedJSON(k, d) {
+  try { const v = JSON.parse(store.get(k, '')); return v ?? d; } catch { return d; }
+}
 
 // ---- formatting ------------------------------------------------------------
 
-function decimalsFor(p) {
-  if (!Number.isFinite(p) || p === 0) return 2;
-  const a = Math.abs(p);
-  if (a >= 1000) return 2;
-  // six significant digits, like the quotes themselves, at least two decimals
-  return Math.min(8, Math.max(2, 5 - Math.floor(Math.log10(a))));
+// One Intl.NumberFormat per number of decimals, built once.
+const nfCache = new Map();
+function nf(d) {
+  let f = nfCache.get(d);
+  if (!f) {
+    f = new Intl.NumberFormat('en-US', { minimumFractionDigits: d, maximumFractionDigits: d });
+    nfCache.set(d, f);
+  }
+  return f;
+}
+const nfSize = new Intl.NumberFormat('en-US', { maximumFractionDigits: 8 });
+const nfSmall = new Intl.NumberFormat('en-US', { maximumSignificantDigits: 3 });
+
+// decimalsOf counts the decimals of a number as published (JSON numbers
+// parse to the shortest round-trip form, so String() gives them back).
+function decimalsOf(x) {
+  if (!Number.isFinite(x)) return 0;
+  const s = String(Math.abs(x));
+  const e = s.indexOf('e-');
+  if (e >= 0) {
+    const dot = s.indexOf('.');
+    const mant = dot >= 0 && dot < e ? e - dot - 1 : 0;
+    return Math.min(8, mant + Number(s.slice(e + 2)));
+  }
+  const dot = s.indexOf('.');
+  return dot < 0 ? 0 : Math.min(8, s.length - dot - 1);
 }
 function fmtPrice(p, d) {
   if (!Number.isFinite(p)) return '—';
-  return p.toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d });
+  return nf(d).format(p);
+}
+// A signed figure that rounds to zero shows no sign (never −0.00).
+function signed(x, text) {
+  if (!/[1-9]/.test(text)) return text;
+  return (x > 0 ? '+' : x < 0 ? '−' : '') + text;
 }
 function fmtSigned(x, d) {
   if (!Number.isFinite(x)) return '—';
-  return (x > 0 ? '+' : x < 0 ? '−' : '') + fmtPrice(Math.abs(x), d);
+  return signed(x, nf(d).format(Math.abs(x)));
 }
 function fmtPct(x) {
   if (!Number.isFinite(x)) return '—';
-  return (x > 0 ? '+' : x < 0 ? '−' : '') + Math.abs(x).toFixed(2) + '%';
+  return signed(x, nf(2).format(Math.abs(x))) + '%';
 }
 function fmtVol(v) {
   if (!Number.isFinite(v)) return '—';
   const a = Math.abs(v);
-  if (a >= 1e9) return (v / 1e9).toFixed(2) + 'B';
-  if (a >= 1e6) return (v / 1e6).toFixed(2) + 'M';
-  if (a >= 1e4) return (v / 1e3).toFixed(1) + 'K';
-  return v.toFixed(a >= 100 ? 0 : 2);
+  if (a >= 1e9) return nf(2).format(v / 1e9) + 'B';
+  if (a >= 1e6) return nf(2).format(v / 1e6) + 'M';
+  if (a >= 1e4) return nf(1).format(v / 1e3) + 'K';
+  if (a >= 100) return nf(0).format(v);
+  if (a >= 1 || a === 0) return nf(2).format(v);
+  return nfSmall.format(v);
+}
+// A trade size as published: 0.0012 stays 0.0012.
+function fmtSize(v) {
+  if (!Number.isFinite(v)) return '—';
+  return Math.abs(v) >= 1e6 ? fmtVol(v) : nfSize.format(v);
 }
 function fmtAge(ms) {
   if (!Number.isFinite(ms)) return '—';
@@ -54,74 +102,208 @@ function fmtAge(ms) {
   return Math.round(ms / 3600000) + 'h';
 }
 
+// ---- time zone -------------------------------------------------------------
+// One time zone for the clock, the chart's axis and time & sales: the
+// browser's (local) or UTC, chosen in the top bar and remembered.
+
+const tz = {
+  mode: store.get('tz', 'local') === 'utc' ? 'utc' : 'local',
+  fmt: null,
+  nameFmt: null,
+  offCache: new Map(),
+};
+function setTzFormat() {
+  const opts = { hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23' };
+  if (tz.mode === 'utc') opts.timeZone = 'UTC';
+  tz.fmt = new Intl.DateTimeFormat('en-GB', opts);
+  tz.nameFmt = new Intl.DateTimeFormat('en-US', { timeZoneName: 'short' });
+}
+setTzFormat();
+function tzLabel(ts) {
+  if (tz.mode === 'utc') return 'UTC';
+  try {
+    const p = tz.nameFmt.formatToParts(new Date(ts)).find((x) => x.type === 'timeZoneName');
+    return p ? p.value : 'local';
+  } catch { return 'local'; }
+}
+// Offset of the chosen zone at ts, in seconds (cached per hour).
+function tzOffsetSec(ts) {
+  if (tz.mode === 'utc') return 0;
+  const h = Math.floor(ts / 3600000);
+  let o = tz.offCache.get(h);
+  if (o === undefined) {
+    o = -new Date(ts).getTimezoneOffset() * 60;
+    if (tz.offCache.size > 5000) tz.offCache.clear();
+    tz.offCache.set(h, o);
+  }
+  return o;
+}
+function fmtTime(ts, ms) {
+  if (!Number.isFinite(ts)) return '—';
+  const s = tz.fmt.format(new Date(ts));
+  return ms ? s + '.' + String(((ts % 1000) + 1000) % 1000).padStart(3, '0') : s;
+}
+// Lightweight Charts shows its time axis in UTC: shift by the zone's offset.
+const toChartTime = (t) => Math.floor(t / 1000) + tzOffsetSec(t);
+
 // ---- state -----------------------------------------------------------------
 
 const rows = new Map(); // topic -> row
 const ui = {
   sortKey: store.get('sortKey', 'topic'),
   sortDir: Number(store.get('sortDir', '1')) || 1,
-  filter: '',
+  filter: store.get('filter', ''),
   order: [], // topics in display order
   orderDirty: true,
+  forceOrder: true, // a user action: re-sort even under the pointer
   lastSort: 0,
   selected: null,
+  pointerOver: false,
   msgCount: 0,
   lastError: '',
+  watch: new Set(storedJSON('watchlist', []).filter((t) => typeof t === 'string')),
+  reducedMotion: false,
+  feeds: [], // last /api/feeds answer
+  feedProblem: '', // the warning shown on the symbols, '' when none
+  topicsLoaded: false,
+  window: [0, 0], // rows of ui.order in the DOM
+  windowDirty: true,
 };
 
 const throttle = Number(store.get('throttle', '250')) || 250;
 // A server with auth on needs a token: open the page as /?token=<jwt>.
 const token = new URLSearchParams(location.search).get('token') || null;
 const authHeaders = token ? { Authorization: 'Bearer ' + token } : {};
-const client = new Tickstream({ topics: ['*'], throttleMs: throttle, token });
+const client = new Tickstream({ topics: [], throttleMs: throttle, token });
+
+// ---- subscriptions -----------------------------------------------------------
+// The page subscribes to what it shows: the rows in view (and a margin), the
+// watchlist and the selected symbol. A row that leaves the view is
+// unsubscribed and its cursor dropped, so that coming back starts from a
+// fresh snapshot rather than replaying what it missed.
+
+const subs = new Set();
+let subsTimer = 0;
+function scheduleSyncSubs() {
+  if (subsTimer) return;
+  subsTimer = setTimeout(() => { subsTimer = 0; syncSubs(); }, 100);
+}
+// The board is windowed: only the rows in view (and a margin) are in the
+// DOM, between two spacer bodies that keep the scroll height. Rows have a
+// fixed height (CSS), measured once.
+let rowH = 0;
+function rowHeight() {
+  if (!rowH) {
+    const first = tbody.firstElementChild;
+    if (first && first.offsetHeight) rowH = first.offsetHeight;
+  }
+  return rowH || 25;
+}
+function visibleRange() {
+  const wrap = $('table-wrap');
+  const n = ui.order.length;
+  if (!n) return [0, 0];
+  const rh = rowHeight();
+  const view = wrap.clientHeight || 800;
+  const head = board.tHead ? board.tHead.offsetHeight : 0;
+  const a = Math.floor((wrap.scrollTop - head) / rh);
+  const b = Math.ceil((wrap.scrollTop + view - head) / rh);
+  return [Math.max(0, a - SUB_MARGIN_ROWS), Math.min(n, Math.max(0, b) + SUB_MARGIN_ROWS)];
+}
+function wantedSubs() {
+  const want = new Set();
+  const [a, b] = visibleRange();
+  for (let i = a; i < b; i++) want.add(ui.order[i]);
+  for (const t of ui.watch) want.add(t);
+  if (ui.selected) want.add(ui.selected);
+  return want;
+}
+function syncSubs() {
+  // Only on a live connection: tickstream.js sends the subscribe of a new
+  // connection when it opens, and drops a subscribe() made between the
+  // open and the welcome. A connection that becomes live syncs again.
+  const st = client.status().state;
+  if (st !== 'live' && st !== 'lagging') return;
+  const want = wantedSubs();
+  const add = [...want].filter((t) => !subs.has(t));
+  const del = [...subs].filter((t) => !want.has(t));
+  if (del.length) {
+    client.unsubscribe(del);
+    for (const t of del) {
+      subs.delete(t);
+      client.cursors.delete(t);
+      const r = rows.get(t);
+      if (r) { r.live = false; r.counts = []; }
+    }
+  }
+  if (add.length) {
+    for (const t of add) subs.add(t);
+    client.subscribe(add);
+  }
+  if (add.length || del.length) $('st-topics').textContent = `${rows.size} topics · ${subs.size} live`;
+}
 
 // ---- board -----------------------------------------------------------------
 
 const tbody = $('rows');
+const board = $('board');
+const padTop = document.querySelector('#pad-top td');
+const padBottom = document.querySelector('#pad-bottom td');
 const COLS = ['topic', 'price', 'chg', 'pct', 'bid', 'ask', 'volume', 'rate', 'age'];
 const COL_CLASS = { topic: 'sym', price: 'num', chg: 'num', pct: 'num', bid: 'num opt', ask: 'num opt', volume: 'num opt2', rate: 'num opt', age: 'num opt2' };
+let rowIds = 0;
 
 function rowFor(topic) {
   let r = rows.get(topic);
   if (r) return r;
   r = {
-    topic, price: NaN, open: NaN, bid: NaN, ask: NaN, volume: NaN, volSum: 0,
-    ts: NaN, seq: 0, epoch: '', dir: 0, flip: 0, rate: 0, counts: [], dirty: true, el: null, cells: null,
+    topic, id: 'row-' + (++rowIds), price: NaN, open: NaN, bid: NaN, ask: NaN, volume: NaN, volSum: 0,
+    ts: NaN, seq: 0, epoch: '', dir: 0, flash: 0, rate: 0, counts: [], live: false, liveSince: 0,
+    dec: 0, dirty: true, el: null, cells: null, text: null,
   };
   rows.set(topic, r);
   ui.orderDirty = true;
   return r;
 }
 
+// Price decimals of the instrument: the most seen in its quotes (at least 2).
+function rowDecimals(r) { return Math.max(2, r.dec); }
+
 function countTick(r, n, now) {
-  const sec = Math.floor(now / 1000);
+  const b = Math.floor(now / RATE_BUCKET_MS);
   const last = r.counts[r.counts.length - 1];
-  if (last && last[0] === sec) last[1] += n;
-  else r.counts.push([sec, n]);
-  while (r.counts.length && r.counts[0][0] <= sec - RATE_WINDOW_S - 1) r.counts.shift();
+  if (last && last[0] === b) last[1] += n;
+  else r.counts.push([b, n]);
+  const lo = b - RATE_WINDOW_MS / RATE_BUCKET_MS;
+  while (r.counts.length && r.counts[0][0] <= lo) r.counts.shift();
 }
 
+// Ticks per second over the last RATE_WINDOW_MS, live; before a second of
+// live counting (or for a row not subscribed), the server's figure.
 function rateOf(r, now) {
-  const sec = Math.floor(now / 1000);
+  if (!r.live || now - r.liveSince < RATE_MIN_MS) return r.rate;
+  const span = Math.min(RATE_WINDOW_MS, now - r.liveSince);
+  const lo = Math.floor((now - span) / RATE_BUCKET_MS);
   let sum = 0;
-  for (const [s, n] of r.counts) if (s < sec && s >= sec - RATE_WINDOW_S) sum += n;
-  // until a whole window has passed, keep the server's figure
-  return r.counts.length && r.counts[0][0] <= sec - RATE_WINDOW_S ? sum / RATE_WINDOW_S : (r.rate || sum);
+  for (const [b, n] of r.counts) if (b >= lo) sum += n;
+  return (sum * 1000) / span;
 }
 
-function applyData(r, data, ts) {
+function applyData(r, data, ts, flash) {
   if (!data) return;
   if (Number.isFinite(data.price)) {
     const p = data.price;
-    if (Number.isFinite(r.price) && p !== r.price) {
+    if (flash && Number.isFinite(r.price) && p !== r.price) {
       r.dir = p > r.price ? 1 : -1;
       r.flash = r.dir;
     }
     r.price = p;
+    const d = decimalsOf(p);
+    if (d > r.dec) r.dec = d;
     if (!Number.isFinite(r.open)) r.open = p;
   }
-  if (Number.isFinite(data.bid)) r.bid = data.bid;
-  if (Number.isFinite(data.ask)) r.ask = data.ask;
+  if (Number.isFinite(data.bid)) { r.bid = data.bid; const d = decimalsOf(data.bid); if (d > r.dec) r.dec = d; }
+  if (Number.isFinite(data.ask)) { r.ask = data.ask; const d = decimalsOf(data.ask); if (d > r.dec) r.dec = d; }
   if (Number.isFinite(data.volume)) r.volume = data.volume;
   if (Number.isFinite(ts)) r.ts = ts;
   r.dirty = true;
@@ -129,8 +311,9 @@ function applyData(r, data, ts) {
 
 function buildRow(r) {
   const tr = document.createElement('tr');
-  tr.tabIndex = 0;
+  tr.id = r.id;
   tr.dataset.topic = r.topic;
+  tr.setAttribute('aria-selected', String(r.topic === ui.selected));
   r.cells = {};
   for (const k of COLS) {
     const td = document.createElement('td');
@@ -139,10 +322,38 @@ function buildRow(r) {
     tr.appendChild(td);
     r.cells[k] = td;
   }
-  r.cells.topic.textContent = r.topic;
   r.el = tr;
   r.text = {};
+  renderSym(r);
   if (r.topic === ui.selected) tr.classList.add('sel');
+}
+
+function renderSym(r) {
+  if (!r.el) return;
+  const td = r.cells.topic;
+  const watched = ui.watch.has(r.topic);
+  const warn = ui.feedProblem;
+  const key = r.topic + (watched ? '*' : '') + (warn ? '!' + warn : '');
+  if (r.text.symKey === key) return;
+  r.text.symKey = key;
+  td.replaceChildren();
+  if (watched) {
+    const s = document.createElement('span');
+    s.className = 'star';
+    s.textContent = '★';
+    s.title = 'In the watchlist';
+    td.append(s, ' ');
+  }
+  td.append(r.topic);
+  if (warn) {
+    const w = document.createElement('span');
+    w.className = 'feed-warn';
+    w.textContent = ' ⚠';
+    w.title = warn;
+    w.setAttribute('aria-label', 'Warning: ' + warn);
+    td.append(w);
+  }
+  r.el.classList.toggle('warn', !!warn);
 }
 
 function setText(r, k, text) {
@@ -157,39 +368,54 @@ function setDir(td, dir) {
   td.classList.toggle('down', dir < 0);
 }
 
-function renderRow(r) {
+// Flashes are plain classes (no CSS animation), added while rendering a
+// row and removed in one pass per frame once they are FLASH_MS old.
+const flashing = new Map(); // td -> until
+let flashTimer = 0;
+function flashCell(td, dir, now) {
+  td.classList.toggle('fl-up', dir > 0);
+  td.classList.toggle('fl-down', dir < 0);
+  flashing.set(td, now + FLASH_MS);
+  if (!flashTimer) flashTimer = setTimeout(() => { flashTimer = 0; scheduleRender(); }, FLASH_MS + 20);
+}
+function expireFlashes(now) {
+  if (!flashing.size) return;
+  for (const [td, until] of flashing) {
+    if (until <= now) {
+      td.classList.remove('fl-up', 'fl-down');
+      flashing.delete(td);
+    }
+  }
+  if (flashing.size && !flashTimer) flashTimer = setTimeout(() => { flashTimer = 0; scheduleRender(); }, FLASH_MS);
+}
+
+function renderRow(r, now) {
   if (!r.el) buildRow(r);
-  const d = decimalsFor(r.price);
+  const d = rowDecimals(r);
   const chg = r.price - r.open;
   const pct = r.open ? (chg / r.open) * 100 : NaN;
   setText(r, 'price', fmtPrice(r.price, d));
   setText(r, 'chg', fmtSigned(chg, d));
   setText(r, 'pct', fmtPct(pct));
-  setText(r, 'bid', fmtPrice(r.bid, decimalsFor(r.bid)));
-  setText(r, 'ask', fmtPrice(r.ask, decimalsFor(r.ask)));
+  setText(r, 'bid', fmtPrice(r.bid, d));
+  setText(r, 'ask', fmtPrice(r.ask, d));
   setText(r, 'volume', fmtVol(Number.isFinite(r.volume) ? r.volume : r.volSum));
   setDir(r.cells.price, r.dir);
-  const cdir = Math.sign(chg) || 0;
+  const cdir = /[1-9]/.test(r.text.chg) ? Math.sign(chg) : 0;
   setDir(r.cells.chg, cdir);
   setDir(r.cells.pct, cdir);
   if (r.flash) {
-    // Two identical animations, alternated, restart the flash without a
-    // forced reflow.
-    const cls = (r.flash > 0 ? 'flash-up-' : 'flash-down-') + r.flip;
-    r.flip ^= 1;
-    for (const k of ['price', 'bid', 'ask']) {
-      const td = r.cells[k];
-      td.classList.remove('flash-up-0', 'flash-up-1', 'flash-down-0', 'flash-down-1');
-      td.classList.add(cls);
-    }
+    if (!ui.reducedMotion) flashCell(r.cells.price, r.flash, now);
     r.flash = 0;
   }
   r.dirty = false;
 }
 
 function renderAges(now) {
-  for (const r of rows.values()) {
-    if (!r.el) continue;
+  const [a, b] = ui.window;
+  for (let i = a; i < b; i++) {
+    const r = rows.get(ui.order[i]);
+    if (!r || !r.el) continue;
     const age = now - r.ts;
     setText(r, 'age', fmtAge(age));
     r.cells.age.classList.toggle('stale', age > 10000);
@@ -211,12 +437,15 @@ function sortValue(r, k, now) {
 }
 
 function renderOrder(now) {
-  const f = ui.filter;
+  const f = ui.filter.toLowerCase();
   const k = ui.sortKey;
   const dir = ui.sortDir;
   const list = [...rows.values()].filter((r) => !f || r.topic.toLowerCase().includes(f));
   const vals = new Map(list.map((r) => [r, sortValue(r, k, now)]));
   list.sort((a, b) => {
+    // The watchlist is pinned to the top.
+    const wa = ui.watch.has(a.topic);
+    if (wa !== ui.watch.has(b.topic)) return wa ? -1 : 1;
     const va = vals.get(a);
     const vb = vals.get(b);
     if (typeof va === 'string') return dir * va.localeCompare(vb);
@@ -229,73 +458,254 @@ function renderOrder(now) {
   const order = list.map((r) => r.topic);
   const same = order.length === ui.order.length && order.every((t, i) => t === ui.order[i]);
   if (!same) {
-    for (const r of list) {
-      if (!r.el) renderRow(r);
-    }
-    const frag = document.createDocumentFragment();
-    for (const r of list) frag.appendChild(r.el);
-    tbody.replaceChildren(frag);
     ui.order = order;
+    ui.windowDirty = true;
+    renderWindow(now);
+    if (document.activeElement === board) revealSelected();
+    scheduleSyncSubs();
   }
   ui.orderDirty = false;
+  ui.forceOrder = false;
   ui.lastSort = now;
-  $('empty').hidden = rows.size > 0;
-  $('empty').textContent = rows.size ? '' : 'Waiting for topics…';
+  const empty = $('empty');
+  if (!rows.size) {
+    empty.hidden = false;
+    empty.textContent = 'Waiting for topics…';
+  } else if (!list.length) {
+    empty.hidden = false;
+    empty.textContent = `No symbols match “${ui.filter}”`;
+  } else {
+    empty.hidden = true;
+    empty.textContent = '';
+  }
   $('count').textContent = f ? `${list.length} of ${rows.size}` : `${rows.size} topics`;
-  $('st-topics').textContent = `${rows.size} topics`;
+  $('st-topics').textContent = `${rows.size} topics · ${subs.size} live`;
   for (const th of document.querySelectorAll('#board th')) {
     th.setAttribute('aria-sort', th.dataset.key === k ? (dir > 0 ? 'ascending' : 'descending') : 'none');
   }
 }
 
-// ---- time & sales ----------------------------------------------------------
+// Rows shown before the pointer came over the board stay where they are
+// while it is there: periodic re-sorts wait, new rows go at the end.
+function appendNewRows(now) {
+  const f = ui.filter.toLowerCase();
+  const shown = new Set(ui.order);
+  let added = false;
+  for (const r of rows.values()) {
+    if (shown.has(r.topic) || (f && !r.topic.toLowerCase().includes(f))) continue;
+    ui.order.push(r.topic);
+    added = true;
+  }
+  if (added) {
+    ui.windowDirty = true;
+    scheduleSyncSubs();
+  }
+  ui.orderDirty = false;
+}
 
-const TAPE_ROWS = 60;
-const tape = { topic: null, pending: [], prev: NaN };
+// renderWindow puts the rows of the visible range into the DOM, in order,
+// moving only the ones out of place (the board keeps its focus: it is on
+// the table, not on a row).
+function renderWindow(now) {
+  const [a, b] = visibleRange();
+  if (!ui.windowDirty && a === ui.window[0] && b === ui.window[1]) return;
+  ui.windowDirty = false;
+  ui.window = [a, b];
+  const list = [];
+  for (let i = a; i < b; i++) {
+    const r = rows.get(ui.order[i]);
+    if (!r) continue;
+    if (!r.el || r.dirty) renderRow(r, now);
+    r.el.setAttribute('aria-rowindex', String(i + 2)); // the header is row 1
+    list.push(r);
+  }
+  const keep = new Set(list.map((r) => r.el));
+  for (const el of [...tbody.children]) if (!keep.has(el)) el.remove();
+  let at = tbody.firstElementChild;
+  for (const r of list) {
+    if (r.el === at) at = at.nextElementSibling;
+    else tbody.insertBefore(r.el, at);
+  }
+  const rh = rowHeight();
+  padTop.style.height = a * rh + 'px';
+  padBottom.style.height = Math.max(0, ui.order.length - b) * rh + 'px';
+  board.setAttribute('aria-rowcount', String(ui.order.length + 1));
+  updateActiveDescendant();
+}
+
+// revealSelected scrolls the selected row into view.
+function revealSelected() {
+  const i = ui.order.indexOf(ui.selected);
+  if (i < 0) return;
+  const wrap = $('table-wrap');
+  const rh = rowHeight();
+  const head = board.tHead ? board.tHead.offsetHeight : 0;
+  const top = head + i * rh;
+  if (top - head < wrap.scrollTop) wrap.scrollTop = top - head;
+  else if (top + rh > wrap.scrollTop + wrap.clientHeight) wrap.scrollTop = top + rh - wrap.clientHeight;
+  renderWindow(Date.now());
+}
+
+// ---- time & sales ----------------------------------------------------------
+// One row per trade (tick with a price), from GET /api/history: filled when
+// a symbol is selected, then read on from the last seq shown whenever an
+// update says there is more. Outages are marked.
+
+const tape = {
+  topic: null, epoch: '', seq: 0, rows: [], dirty: false, inflight: false, want: false, lastFetch: 0, token: 0, prev: NaN, msg: '',
+};
 const tapeBody = $('tape-rows');
 
 function tapeReset(topic) {
   tape.topic = topic;
-  tape.pending = [];
+  tape.epoch = '';
+  tape.seq = 0;
+  tape.rows = [];
   tape.prev = NaN;
-  tapeBody.replaceChildren();
+  tape.msg = '';
+  tape.token++;
+  tape.inflight = false;
+  tape.dirty = true;
   $('tape-topic').textContent = topic || '';
+  tapeWant();
 }
 
-function tapeAdd(m) {
-  if (!m.agg || !Number.isFinite(m.agg.c)) return;
-  tape.pending.push(m);
-  if (tape.pending.length > TAPE_ROWS) tape.pending.splice(0, tape.pending.length - TAPE_ROWS);
+function tapeMark(text, ts) {
+  tape.rows.unshift({ mark: true, text, ts });
+  if (tape.rows.length > TAPE_ROWS) tape.rows.length = TAPE_ROWS;
+  tape.dirty = true;
+  scheduleRender();
+}
+
+function tapeWant() {
+  tape.want = true;
+  if (tape.inflight || !tape.topic) return;
+  const wait = tape.lastFetch + TAPE_MIN_GAP_MS - Date.now();
+  if (wait > 0) {
+    tape.inflight = true;
+    const token = tape.token;
+    setTimeout(() => { if (token === tape.token) { tape.inflight = false; tapeWant(); } }, wait);
+    return;
+  }
+  tapeFetch();
+}
+
+async function tapeFetch() {
+  const topic = tape.topic;
+  const token = tape.token;
+  tape.want = false;
+  tape.inflight = true;
+  tape.lastFetch = Date.now();
+  try {
+    let after = tape.seq;
+    if (!after) {
+      const r = rows.get(topic);
+      after = r && r.seq ? Math.max(0, r.seq - TAPE_ROWS) : 0;
+    }
+    let h = await getHistory(topic, after);
+    if (token !== tape.token) return;
+    if (h && !tape.seq && h.last_seq - after > h.ticks.length) {
+      // First fill: only the newest rows matter.
+      after = Math.max(0, h.last_seq - TAPE_ROWS);
+      h = await getHistory(topic, after);
+      if (token !== tape.token) return;
+    }
+    if (h === 404) {
+      tape.msg = 'Unknown symbol';
+      tape.dirty = true;
+    } else if (h) {
+      tapeTake(h);
+    }
+  } catch (e) {
+    noteError('history: ' + (e && e.message || e));
+  } finally {
+    if (token === tape.token) {
+      tape.inflight = false;
+      scheduleRender();
+      if (tape.want) tapeWant();
+    }
+  }
+}
+
+async function getHistory(topic, after, limit = 1000) {
+  const res = await fetch(`api/history?topic=${encodeURIComponent(topic)}&after_seq=${after}&limit=${limit}`, { cache: 'no-store', headers: authHeaders });
+  if (res.status === 404) return 404;
+  if (!res.ok) {
+    noteError(`history: HTTP ${res.status}`);
+    return null;
+  }
+  const h = await res.json();
+  if (!h || !Array.isArray(h.ticks)) return null;
+  return h;
+}
+
+function tapeTake(h) {
+  tape.msg = '';
+  if (tape.epoch && h.epoch !== tape.epoch) {
+    tape.seq = 0;
+    tapeMark('Server restarted: earlier trades are gone', Date.now());
+  }
+  tape.epoch = h.epoch;
+  let ticks = h.ticks;
+  if (tape.seq && ticks.length && ticks[0].seq > tape.seq + 1) {
+    tapeMark(`${ticks[0].seq - tape.seq - 1} trades not shown`, ticks[0].ts);
+  }
+  if (ticks.length > TAPE_ROWS) ticks = ticks.slice(-TAPE_ROWS);
+  for (const t of ticks) {
+    const d = t.data || {};
+    if (!Number.isFinite(d.price)) continue;
+    const dir = Number.isFinite(tape.prev) ? Math.sign(d.price - tape.prev) : 0;
+    tape.prev = d.price;
+    tape.rows.unshift({ seq: t.seq, ts: t.ts, price: d.price, size: d.size, dir });
+  }
+  if (tape.rows.length > TAPE_ROWS) tape.rows.length = TAPE_ROWS;
+  if (h.ticks.length) tape.seq = h.ticks[h.ticks.length - 1].seq;
+  else if (!tape.seq) tape.seq = h.last_seq;
+  if (h.last_seq > tape.seq) tape.want = true; // more to read
+  tape.dirty = true;
 }
 
 function renderTape() {
-  if (!tape.pending.length) return;
-  const frag = document.createDocumentFragment();
+  if (!tape.dirty) return;
+  tape.dirty = false;
   const r = rows.get(tape.topic);
-  const d = decimalsFor(r ? r.price : tape.pending[0].agg.c);
-  for (let i = tape.pending.length - 1; i >= 0; i--) {
-    const m = tape.pending[i];
-    const prev = i > 0 ? tape.pending[i - 1].agg.c : tape.prev;
-    const dir = Number.isFinite(prev) ? Math.sign(m.agg.c - prev) : 0;
+  const d = r ? rowDecimals(r) : 2;
+  const frag = document.createDocumentFragment();
+  if (tape.msg || !tape.rows.length) {
     const tr = document.createElement('tr');
-    const cells = [
-      [new Date(m.ts).toISOString().slice(11, 23), ''],
-      [fmtPrice(m.agg.c, d), 'num' + (dir > 0 ? ' up' : dir < 0 ? ' down' : '')],
-      [fmtVol(m.agg.v), 'num'],
-      [String(m.agg.n), 'num'],
-    ];
-    for (const [text, cls] of cells) {
+    const td = document.createElement('td');
+    td.colSpan = 3;
+    td.className = 'tape-msg';
+    td.textContent = tape.msg || (tape.topic ? 'No trades yet' : '');
+    tr.appendChild(td);
+    frag.appendChild(tr);
+  }
+  for (const x of tape.rows) {
+    const tr = document.createElement('tr');
+    tr.dataset.ts = String(x.ts);
+    if (x.mark) {
+      tr.className = 'tape-mark';
       const td = document.createElement('td');
-      td.textContent = text;
-      if (cls) td.className = cls;
+      td.colSpan = 3;
+      td.textContent = fmtTime(x.ts, false) + ' · ' + x.text;
       tr.appendChild(td);
+    } else {
+      tr.dataset.seq = String(x.seq);
+      const cells = [
+        [fmtTime(x.ts, true), ''],
+        [fmtPrice(x.price, d), 'num' + (x.dir > 0 ? ' up' : x.dir < 0 ? ' down' : '')],
+        [fmtSize(x.size), 'num'],
+      ];
+      for (const [text, cls] of cells) {
+        const td = document.createElement('td');
+        td.textContent = text;
+        if (cls) td.className = cls;
+        tr.appendChild(td);
+      }
     }
     frag.appendChild(tr);
   }
-  tape.prev = tape.pending[tape.pending.length - 1].agg.c;
-  tape.pending = [];
-  tapeBody.prepend(frag);
-  while (tapeBody.childElementCount > TAPE_ROWS) tapeBody.lastElementChild.remove();
+  tapeBody.replaceChildren(frag);
 }
 
 // ---- chart -----------------------------------------------------------------
@@ -311,35 +721,42 @@ const chartState = {
   pending: new Map(), // t -> bar changed since the last frame
   lastRenderedT: -Infinity,
   reloadAfterSnapshot: false,
-  decimals: 2,
+  unknown: false,
+  outages: [], // {from, to, lost} in Unix ms: marked on the chart
+  epoch: '',
   hover: null,
 };
-const tzOffsetSec = -new Date().getTimezoneOffset() * 60;
-const toChartTime = (t) => Math.floor(t / 1000) + tzOffsetSec;
 
-function themeColors() {
+// Theme colours, read once per theme change (reading them forces a style
+// recalculation).
+let colors = null;
+function readThemeColors() {
   const cs = getComputedStyle(document.documentElement);
   const v = (n) => cs.getPropertyValue(n).trim();
-  return { bg: v('--panel'), text: v('--muted'), line: v('--line'), up: v('--up'), down: v('--down'), accent: v('--accent') };
+  colors = { bg: v('--panel'), text: v('--muted'), line: v('--line'), up: v('--up'), down: v('--down'), accent: v('--accent'), warn: v('--warn') };
+  colors.upVol = colors.up + '66';
+  colors.downVol = colors.down + '66';
 }
 
 let chart = null;
 let candleSeries = null;
 let volumeSeries = null;
+let markers = null;
 
 function createChart() {
   if (!LWC) {
     showChartMsg('Chart library failed to load');
     return;
   }
-  const c = themeColors();
+  const c = colors;
   chart = LWC.createChart($('chart'), {
     autoSize: true,
     layout: { background: { type: 'solid', color: c.bg }, textColor: c.text, fontSize: 11, attributionLogo: true },
     grid: { vertLines: { color: c.line }, horzLines: { color: c.line } },
     crosshair: { mode: LWC.CrosshairMode.Normal },
-    localization: { priceFormatter: (p) => fmtPrice(p, chartState.decimals) },
-    rightPriceScale: { borderColor: c.line, scaleMargins: { top: 0.1, bottom: 0.25 } },
+    localization: { priceFormatter: (p) => fmtPrice(p, chartDecimals()) },
+        // entireTextOnly: no half-drawn label at the top or bottom of the scale.
+    rightPriceScale: { borderColor: c.line, entireTextOnly: true, scaleMargins: { top: 0.1, bottom: 0.25 } },
     timeScale: { borderColor: c.line, timeVisible: true, secondsVisible: chartState.interval === '1s', rightOffset: 4 },
   });
   candleSeries = chart.addSeries(LWC.CandlestickSeries, {
@@ -350,17 +767,24 @@ function createChart() {
     priceFormat: { type: 'volume' }, priceScaleId: 'vol', lastValueVisible: false, priceLineVisible: false,
   });
   chart.priceScale('vol').applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
+  if (LWC.createSeriesMarkers) markers = LWC.createSeriesMarkers(candleSeries, []);
   chart.subscribeCrosshairMove((param) => {
     chartState.hover = param && param.time !== undefined ? param.time : null;
     renderLegend();
   });
 }
 
+function chartDecimals() {
+  const r = rows.get(chartState.topic);
+  return r ? rowDecimals(r) : 2;
+}
+
 function applyTheme(theme) {
   document.documentElement.dataset.theme = theme;
   store.set('theme', theme);
+  readThemeColors();
   if (!chart) return;
-  const c = themeColors();
+  const c = colors;
   chart.applyOptions({
     layout: { background: { type: 'solid', color: c.bg }, textColor: c.text },
     grid: { vertLines: { color: c.line }, horzLines: { color: c.line } },
@@ -368,7 +792,7 @@ function applyTheme(theme) {
     timeScale: { borderColor: c.line },
   });
   candleSeries.applyOptions({ upColor: c.up, downColor: c.down, wickUpColor: c.up, wickDownColor: c.down });
-  chartState.needFull = true; // volume colours
+  chartState.needFull = true; // volume colours, markers
   scheduleRender();
 }
 
@@ -378,27 +802,36 @@ function showChartMsg(text) {
   el.hidden = !text;
 }
 
-function volColor(b) {
-  const c = themeColors();
-  return (b.c >= b.o ? c.up : c.down) + '66';
-}
-
 function chartBar(b) {
   return { time: toChartTime(b.t), open: b.o, high: b.h, low: b.l, close: b.c };
 }
 
-function volBar(b, color) {
-  return { time: toChartTime(b.t), value: b.v, color };
+function volBar(b) {
+  return { time: toChartTime(b.t), value: b.v, color: b.c >= b.o ? colors.upVol : colors.downVol };
 }
 
 function selectTopic(topic) {
   if (!topic || topic === chartState.topic) return;
+  const prev = rows.get(ui.selected);
+  if (prev && prev.el) { prev.el.classList.remove('sel'); prev.el.setAttribute('aria-selected', 'false'); }
   ui.selected = topic;
-  for (const r of rows.values()) if (r.el) r.el.classList.toggle('sel', r.topic === topic);
-  if (location.hash.slice(1) !== topic) history.replaceState(null, '', '#' + encodeURIComponent(topic));
+  const r = rows.get(topic);
+  if (r && r.el) { r.el.classList.add('sel'); r.el.setAttribute('aria-selected', 'true'); }
+  updateActiveDescendant();
+  if (decodeURIComponent(location.hash.slice(1)) !== topic) history.replaceState(null, '', '#' + encodeURIComponent(topic));
   store.set('topic', topic);
+  $('announce').textContent = `${topic} selected`;
+  renderWatchButton();
+  syncSubs();
   tapeReset(topic);
+  chartState.outages = [];
   loadChart(topic, chartState.interval);
+}
+
+function updateActiveDescendant() {
+  const r = rows.get(ui.selected);
+  if (r && r.el && r.el.isConnected) board.setAttribute('aria-activedescendant', r.id);
+  else board.removeAttribute('aria-activedescendant');
 }
 
 function setIntervalName(name) {
@@ -410,8 +843,21 @@ function setIntervalName(name) {
   else chartState.interval = name;
 }
 
-async function loadChart(topic, interval) {
+// foldUpdateIntoBars folds one live update into the chart's bars, exactly:
+// each of the update's candle runs (agg.b, or the agg itself in the second
+// of its ts) goes into its own bar, as the server folds ticks, so the bars
+// equal /api/candles at any throttle and any lag (docs/protocol.md). It
+// returns the bars that changed, with kind 'new', 'last' or 'past'.
+function foldUpdateIntoBars(candles, m) {
+  return candles.foldUpdate(m).filter((r) => r.kind !== 'none');
+}
+
+// loadChart fetches the bars of topic at interval. With keep (after a
+// server restart with a new epoch), the bars before the new server's first
+// bar are kept and the outage is marked, instead of starting over.
+async function loadChart(topic, interval, keep = false) {
   const token = ++chartState.loadToken;
+  const old = keep && chartState.candles && chartState.topic === topic && chartState.interval === interval ? chartState.candles.bars : null;
   chartState.topic = topic;
   chartState.interval = interval;
   chartState.candles = new Candles(INTERVALS[interval], 2000);
@@ -420,53 +866,83 @@ async function loadChart(topic, interval) {
   chartState.pending.clear();
   chartState.reloadAfterSnapshot = false;
   chartState.lastRenderedT = -Infinity;
-  const r = rows.get(topic);
-  chartState.decimals = decimalsFor(r ? r.price : NaN);
+  chartState.unknown = false;
   $('chart-topic').textContent = topic;
-  if (candleSeries) {
+  renderFeedWarning();
+  if (candleSeries && !old) {
     candleSeries.setData([]);
     volumeSeries.setData([]);
-    candleSeries.applyOptions({ priceFormat: { type: 'price', precision: chartState.decimals, minMove: Math.pow(10, -chartState.decimals) } });
+    if (markers) markers.setMarkers([]);
   }
-  showChartMsg('Loading…');
+  if (!old) showChartMsg('Loading…');
   let bars = [];
   let seq = null;
+  let missing = false;
   try {
     const res = await fetch(`api/candles?topic=${encodeURIComponent(topic)}&interval=${interval}&limit=${BACKFILL_BARS}`, { cache: 'no-store', headers: authHeaders });
     if (res.ok) {
       bars = await res.json();
       const h = res.headers.get('X-Tickstream-Seq');
       if (h !== null && /^\d+$/.test(h)) seq = Number(h);
-    } else if (res.status !== 404) {
+    } else if (res.status === 404) {
+      missing = true;
+    } else {
       noteError(`candles: HTTP ${res.status}`);
     }
   } catch (e) {
     noteError('candles: ' + (e && e.message || e));
   }
   if (token !== chartState.loadToken) return;
-  chartState.candles.load(Array.isArray(bars) ? bars : []);
+  bars = Array.isArray(bars) ? bars : [];
+  if (old && old.length) {
+    const first = bars.length ? bars[0].t : Infinity;
+    bars = old.filter((b) => b.t < first).concat(bars);
+  }
+  chartState.candles.load(bars);
   // Updates that arrived during the fetch: with the server's seq we know
   // exactly which ones the backfill holds; without it, they are in the
   // backfill already (their ticks were published before it was built).
   if (seq !== null) {
-    for (const m of chartState.buffer) if (m.seq > seq) chartState.candles.fold(m.ts, m.agg);
+    for (const m of chartState.buffer) if (m.seq > seq) foldUpdateIntoBars(chartState.candles, m);
   }
   chartState.buffer = [];
   chartState.loading = false;
   chartState.needFull = true;
-  showChartMsg(chartState.candles.bars.length ? '' : 'No trades yet');
+  chartState.unknown = missing && !rows.has(topic);
+  if (chartState.unknown) showChartMsg(`Unknown symbol “${topic}”: no such topic on this server`);
+  else showChartMsg(chartState.candles.bars.length ? '' : 'No trades yet');
   scheduleRender();
 }
 
 function chartUpdate(m) {
+  if (chartState.unknown) {
+    loadChart(m.topic, chartState.interval); // it exists now
+    return;
+  }
   if (chartState.loading) {
     chartState.buffer.push(m);
     return;
   }
-  const res = chartState.candles.fold(m.ts, m.agg);
-  if (res.kind === 'none') return;
-  chartState.pending.set(res.bar.t, res.bar);
-  if (res.kind === 'new') showChartMsg('');
+  for (const res of foldUpdateIntoBars(chartState.candles, m)) {
+    chartState.pending.set(res.bar.t, res.bar);
+    if (res.kind === 'new') showChartMsg('');
+    // A bar inserted before the newest (a late tick in a second with no
+    // bar yet) cannot be added by an update: redraw the series.
+    if (res.kind === 'past' && res.bar.t < chartState.lastRenderedT) chartState.needFull = true;
+  }
+}
+
+function renderMarkers() {
+  if (!markers || !chartState.candles) return;
+  const bars = chartState.candles.bars;
+  const list = [];
+  for (const o of chartState.outages) {
+    // On the first bar after the outage.
+    const b = bars.find((x) => x.t + INTERVALS[chartState.interval] > o.to) || null;
+    if (!b) continue;
+    list.push({ time: toChartTime(b.t), position: 'aboveBar', shape: 'arrowDown', color: colors.warn, text: o.lost ? 'restart: data lost' : 'reconnected' });
+  }
+  markers.setMarkers(list);
 }
 
 function renderChart() {
@@ -475,10 +951,10 @@ function renderChart() {
   if (chartState.needFull) {
     chartState.needFull = false;
     chartState.pending.clear();
-    const c = themeColors();
     candleSeries.setData(bars.map(chartBar));
-    volumeSeries.setData(bars.map((b) => volBar(b, (b.c >= b.o ? c.up : c.down) + '66')));
+    volumeSeries.setData(bars.map(volBar));
     chartState.lastRenderedT = bars.length ? bars[bars.length - 1].t : -Infinity;
+    renderMarkers();
     renderLegend();
     return;
   }
@@ -491,7 +967,7 @@ function renderChart() {
       // historical flag: late bars use it, and never move time backwards.
       const past = b.t < chartState.lastRenderedT;
       candleSeries.update(chartBar(b), past);
-      volumeSeries.update(volBar(b, volColor(b)), past);
+      volumeSeries.update(volBar(b), past);
       if (!past) chartState.lastRenderedT = b.t;
     }
   } catch {
@@ -505,17 +981,14 @@ function renderLegend() {
   const cs = chartState;
   if (!cs.candles) return;
   let bar = null;
-  if (cs.hover !== null) {
-    const t = (cs.hover - tzOffsetSec) * 1000;
-    bar = cs.candles.bars.find((b) => b.t === t) || null;
-  }
+  if (cs.hover !== null) bar = cs.candles.bars.find((b) => toChartTime(b.t) === cs.hover) || null;
   if (!bar) bar = cs.candles.last();
   const el = $('legend');
   if (!bar) {
     el.textContent = '';
     return;
   }
-  const d = cs.decimals;
+  const d = chartDecimals();
   const cls = bar.c >= bar.o ? 'up' : 'down';
   el.innerHTML = '';
   const add = (label, value, c, title) => {
@@ -536,19 +1009,93 @@ function renderLegend() {
   add('V', fmtVol(bar.v), '');
 }
 
+let chartHeadDecimals = -1;
 function renderChartHead() {
   const r = rows.get(chartState.topic);
   if (!r) return;
-  const d = decimalsFor(r.price);
+  const d = rowDecimals(r);
   $('chart-price').textContent = fmtPrice(r.price, d);
   const chg = r.price - r.open;
   const el = $('chart-chg');
   el.textContent = fmtSigned(chg, d) + ' (' + fmtPct(r.open ? (chg / r.open) * 100 : NaN) + ')';
-  el.className = 'chart-chg ' + (chg > 0 ? 'up' : chg < 0 ? 'down' : '');
-  if (d !== chartState.decimals && candleSeries && Number.isFinite(r.price)) {
-    chartState.decimals = d;
+  const shown = /[1-9]/.test(el.textContent.split('(')[0]);
+  el.className = 'chart-chg ' + (shown && chg > 0 ? 'up' : shown && chg < 0 ? 'down' : '');
+  if (d !== chartHeadDecimals && candleSeries && Number.isFinite(r.price)) {
+    chartHeadDecimals = d;
     candleSeries.applyOptions({ priceFormat: { type: 'price', precision: d, minMove: Math.pow(10, -d) } });
   }
+}
+
+// ---- feeds -----------------------------------------------------------------
+// GET /api/feeds: a feed that is not running, degraded, or a backup standing
+// in for a primary is shown in the strip and on the symbols. The server does
+// not say which feed each topic comes from, so a problem is shown on every
+// symbol (unless a topic's /api/topics entry names its feed).
+
+const FEED_BAD = new Set(['failed', 'restarting', 'stopped', 'degraded', 'starting']);
+async function loadFeeds() {
+  try {
+    const res = await fetch('api/feeds', { cache: 'no-store', headers: authHeaders });
+    if (!res.ok) return;
+    const list = await res.json();
+    if (Array.isArray(list)) renderFeeds(list);
+  } catch { /* the connection badge says it */ }
+}
+
+function renderFeeds(list) {
+  ui.feeds = list;
+  const problems = [];
+  for (const f of list) {
+    if (f.external) continue;
+    if (Array.isArray(f.stands_in_for) && f.stands_in_for.length) {
+      problems.push(`${f.name} stands in for ${f.stands_in_for.join(', ')}`);
+    } else if (FEED_BAD.has(f.state)) {
+      problems.push(`${f.name} ${f.state}${f.last_error ? ': ' + f.last_error : ''}`);
+    }
+  }
+  const strip = $('feed-strip');
+  const st = $('st-feeds');
+  const text = problems.join(' · ');
+  if (text !== ui.feedProblem) {
+    ui.feedProblem = text;
+    strip.hidden = !text;
+    $('feed-strip-text').textContent = text ? 'Feed problem: ' + text + '. Prices may be stale or substituted.' : '';
+    for (const r of rows.values()) renderSym(r);
+    renderFeedWarning();
+  }
+  const ok = list.filter((f) => !f.external).map((f) => f.name + ' ' + f.state);
+  st.textContent = ok.length ? 'feeds: ' + ok.join(', ') : '';
+  st.classList.toggle('err', !!text);
+}
+
+function renderFeedWarning() {
+  const el = $('chart-warn');
+  el.hidden = !ui.feedProblem;
+  el.textContent = ui.feedProblem ? '⚠ ' + ui.feedProblem : '';
+}
+
+// ---- watchlist -------------------------------------------------------------
+
+function toggleWatch(topic) {
+  if (!topic) return;
+  if (ui.watch.has(topic)) ui.watch.delete(topic);
+  else ui.watch.add(topic);
+  store.set('watchlist', JSON.stringify([...ui.watch]));
+  const r = rows.get(topic);
+  if (r) renderSym(r);
+  renderWatchButton();
+  ui.orderDirty = true;
+  ui.forceOrder = true;
+  syncSubs();
+  scheduleRender();
+}
+
+function renderWatchButton() {
+  const on = ui.watch.has(ui.selected);
+  const b = $('watch');
+  b.setAttribute('aria-pressed', String(on));
+  b.textContent = on ? '★' : '☆';
+  b.title = on ? 'Remove from the watchlist' : 'Add to the watchlist (pinned to the top of the board)';
 }
 
 // ---- stream ----------------------------------------------------------------
@@ -565,47 +1112,51 @@ function handleBatch(msgs) {
     ui.msgCount++;
     switch (m.type) {
       case 'snapshot': {
+        if (!subs.has(m.topic)) { client.cursors.delete(m.topic); break; }
         const r = rowFor(m.topic);
-        applyData(r, m.data, m.ts);
+        applyData(r, m.data, m.ts, false);
+        if (r.epoch && m.epoch !== r.epoch && m.topic === chartState.topic) noteOutage(true);
         r.seq = m.seq;
         r.epoch = m.epoch;
-        if (m.topic === chartState.topic && chartState.reloadAfterSnapshot) {
-          loadChart(m.topic, chartState.interval);
+        if (!r.live) { r.live = true; r.liveSince = now; r.counts = []; }
+        if (m.topic === chartState.topic) {
+          if (chartState.reloadAfterSnapshot || chartState.unknown) loadChart(m.topic, chartState.interval, !chartState.unknown);
+          tapeWant();
         }
-        if (!ui.selected && !chartState.topic) selectTopic(wantedTopic() || m.topic);
         break;
       }
       case 'update': {
+        // In flight when it was unsubscribed: the row is polled now.
+        if (!subs.has(m.topic)) { client.cursors.delete(m.topic); break; }
         const r = rowFor(m.topic);
         // The session open is the first price seen: for an update, the
         // first price of its window.
         if (!Number.isFinite(r.open) && m.agg && Number.isFinite(m.agg.o)) r.open = m.agg.o;
-        applyData(r, m.data, m.ts);
+        applyData(r, m.data, m.ts, true);
         r.seq = m.seq;
         r.epoch = m.epoch;
+        if (!r.live) { r.live = true; r.liveSince = now; r.counts = []; }
         const n = m.agg && m.agg.n > 0 ? m.agg.n : 1;
         countTick(r, n, now);
         if (m.agg && Number.isFinite(m.agg.v)) r.volSum += m.agg.v;
         if (m.topic === chartState.topic) {
           chartUpdate(m);
-          tapeAdd(m);
+          tapeWant();
         }
-        if (!ui.selected && !chartState.topic) selectTopic(wantedTopic() || m.topic);
         break;
       }
       case 'reset':
         // History was lost (server restarted, or we were away too long):
         // the snapshot that follows carries the latest value; the chart is
-        // refetched once it arrives.
+        // backfilled from the new server once it arrives, keeping the bars
+        // from before the outage.
         if (m.topic === chartState.topic) {
           chartState.reloadAfterSnapshot = true;
-          // The snapshot should follow at once; if it does not, refetch
-          // the topic list and the chart anyway.
           const topic = m.topic;
           setTimeout(() => {
             if (chartState.topic === topic && chartState.reloadAfterSnapshot) {
               loadTopics();
-              loadChart(topic, chartState.interval);
+              loadChart(topic, chartState.interval, true);
             }
           }, 2000);
         }
@@ -620,6 +1171,17 @@ function handleBatch(msgs) {
   render(now);
 }
 
+// An outage of the selected topic's stream: marked on the chart and in
+// time & sales. lost: the server came back with a new epoch (its history
+// is gone, so the chart has a hole).
+const conn = { downSince: 0, lastDown: null };
+function noteOutage(lost) {
+  const o = conn.lastDown || { from: Date.now(), to: Date.now() };
+  chartState.outages.push({ from: o.from, to: o.to, lost });
+  if (lost) tapeMark(`Server restarted: trades since ${fmtTime(o.from, false)} may be missing`, o.to);
+  chartState.needFull = true;
+}
+
 let renderScheduled = false;
 function scheduleRender() {
   if (renderScheduled) return;
@@ -631,23 +1193,34 @@ function scheduleRender() {
 }
 
 function render(now) {
-  if (ui.orderDirty || (ui.sortKey !== 'topic' && now - ui.lastSort > SORT_EVERY_MS)) renderOrder(now);
-  for (const r of rows.values()) if (r.dirty && r.el) renderRow(r);
+  if (ui.pointerOver && !ui.forceOrder) {
+    if (ui.orderDirty) appendNewRows(now);
+  } else if (ui.orderDirty || (ui.sortKey !== 'topic' && now - ui.lastSort > SORT_EVERY_MS)) {
+    renderOrder(now);
+  }
+  renderWindow(now);
+  for (let i = ui.window[0]; i < ui.window[1]; i++) {
+    const r = rows.get(ui.order[i]);
+    if (r && r.dirty && r.el) renderRow(r, now);
+  }
+  expireFlashes(now);
   renderChart();
   renderChartHead();
   renderTape();
 }
 
+const STATE_TEXT = { live: 'Live', lagging: 'Lagging', reconnecting: 'Reconnecting', offline: 'Offline', connecting: 'Connecting' };
+let lastState = '';
 function renderBadge(s) {
   const badge = $('badge');
   badge.dataset.state = s.state;
   badge.dataset.transport = s.transport || '';
   badge.dataset.queued = String(s.queued || 0);
-  const via = TransportName[s.transport] || s.transport;
+  const tr = TransportName[s.transport] || s.transport;
   let text;
   switch (s.state) {
-    case 'live': text = 'Live · ' + via; break;
-    case 'lagging': text = `Lagging · ${s.throttleMs} ms · ${via}`; break;
+    case 'live': text = 'Live · ' + tr; break;
+    case 'lagging': text = `Lagging · ${s.throttleMs} ms · ${tr}`; break;
     case 'reconnecting': text = `Reconnecting in ${Math.ceil(s.retryInMs / 1000)} s`; break;
     case 'offline': text = 'Offline'; break;
     default: text = 'Connecting…';
@@ -656,10 +1229,28 @@ function renderBadge(s) {
   badge.querySelector('.label').textContent = text;
   badge.title = client.stats.lastError && s.state !== 'live' ? 'Last problem: ' + client.stats.lastError : '';
   $('st-conn').textContent = s.transport ? `${s.transport} · session ${client.session ? client.session.slice(0, 8) : '—'}` : '';
+  // The screen-reader announcement changes with the state only, never with
+  // the countdown.
+  const said = (STATE_TEXT[s.state] || 'Connecting') + (s.state === 'live' || s.state === 'lagging' ? ' over ' + tr : '');
+  if (said !== lastState) {
+    $('conn-live').textContent = 'Connection: ' + said;
+    const wasUp = lastState.startsWith('Live') || lastState.startsWith('Lagging');
+    const isUp = s.state === 'live' || s.state === 'lagging';
+    if (wasUp && !isUp) conn.downSince = Date.now();
+    if (!wasUp && isUp && conn.downSince) {
+      conn.lastDown = { from: conn.downSince, to: Date.now() };
+      const secs = ((conn.lastDown.to - conn.lastDown.from) / 1000).toFixed(1);
+      if (tape.topic) tapeMark(`Connection lost for ${secs} s, resumed`, conn.lastDown.to);
+      conn.downSince = 0;
+    }
+    lastState = said;
+    if (isUp) setTimeout(syncSubs, 0); // after the connection's own subscribe
+  }
 }
 
 function wantedTopic() {
-  const h = decodeURIComponent(location.hash.slice(1));
+  let h = '';
+  try { h = decodeURIComponent(location.hash.slice(1)); } catch { h = ''; }
   return h || store.get('topic', '');
 }
 
@@ -668,32 +1259,104 @@ async function loadTopics() {
     const res = await fetch('api/topics', { cache: 'no-store', headers: authHeaders });
     if (!res.ok) return;
     const body = await res.json();
+    takeTopics(body);
+  } catch (e) {
+    noteError('topics: ' + (e && e.message || e));
+  }
+}
+function takeTopics(body) {
+  {
     const list = Array.isArray(body) ? body : (body && body.topics) || [];
     for (const t of list) {
       if (!t || !t.topic) continue;
       const fresh = !rows.has(t.topic);
       const r = rowFor(t.topic);
-      if (fresh) {
-        applyData(r, t.data, t.ts);
-        r.dir = 0;
-        r.flash = 0;
-        r.rate = t.rate || 0;
-      }
+      // A topic that appeared after the page loaded: its session open is
+      // its first tick, if the server still holds it.
+      if (fresh && ui.topicsLoaded && t.seq > 1) loadOpen(r);
+      r.rate = Number.isFinite(t.rate) ? t.rate : 0;
+      // A row streamed live is fresher than the poll.
+      if (subs.has(t.topic) && r.live) continue;
+      if (r.epoch === t.epoch && t.seq <= r.seq) continue;
+      applyData(r, t.data, t.ts, true);
+      r.seq = t.seq;
+      r.epoch = t.epoch;
     }
-    const want = wantedTopic();
-    if (!chartState.topic) selectTopic(rows.has(want) ? want : list.length ? list[0].topic : null);
+    ui.topicsLoaded = true;
+    if (!chartState.topic) {
+      const want = wantedTopic();
+      selectTopic(want || (list.length ? list[0].topic : null));
+    }
+    scheduleSyncSubs();
     scheduleRender();
-  } catch (e) {
-    noteError('topics: ' + (e && e.message || e));
   }
+}
+
+async function loadOpen(r) {
+  try {
+    const h = await getHistory(r.topic, 0, 1);
+    const first = h && h !== 404 && h.ticks[0];
+    if (first && first.seq === 1 && first.data && Number.isFinite(first.data.price)) {
+      r.open = first.data.price;
+      r.dirty = true;
+      scheduleRender();
+    }
+  } catch { /* keep the first price seen */ }
 }
 
 // ---- wiring ----------------------------------------------------------------
 
+function moveSelection(delta, abs) {
+  const n = ui.order.length;
+  if (!n) return;
+  let i = ui.order.indexOf(ui.selected);
+  if (abs !== undefined) i = abs < 0 ? n - 1 : abs;
+  else i = i < 0 ? 0 : Math.max(0, Math.min(n - 1, i + delta));
+  selectTopic(ui.order[i]);
+  revealSelected();
+}
+
+function sortBy(k) {
+  if (ui.sortKey === k) ui.sortDir = -ui.sortDir;
+  else {
+    ui.sortKey = k;
+    ui.sortDir = k === 'topic' ? 1 : -1;
+  }
+  store.set('sortKey', ui.sortKey);
+  store.set('sortDir', ui.sortDir);
+  ui.orderDirty = true;
+  ui.forceOrder = true;
+  scheduleRender();
+}
+
+function setTz(mode) {
+  tz.mode = mode === 'utc' ? 'utc' : 'local';
+  store.set('tz', tz.mode);
+  tz.offCache.clear();
+  setTzFormat();
+  $('tz').value = tz.mode;
+  const label = tzLabel(Date.now());
+  $('tape-tz').textContent = `Time (${label})`;
+  $('clock').title = `Server time (${tz.mode === 'utc' ? 'UTC' : 'local time, ' + label})`;
+  renderClock();
+  chartState.needFull = true;
+  tape.dirty = true;
+  scheduleRender();
+}
+
+function renderClock() {
+  const now = client.serverNow();
+  $('clock').textContent = fmtTime(now, false) + ' ' + tzLabel(now);
+}
+
 function init() {
+  const mq = globalThis.matchMedia ? matchMedia('(prefers-reduced-motion: reduce)') : null;
+  ui.reducedMotion = !!(mq && mq.matches);
+  if (mq && mq.addEventListener) mq.addEventListener('change', () => { ui.reducedMotion = mq.matches; });
   applyTheme(store.get('theme', 'dark') === 'light' ? 'light' : 'dark');
   createChart();
   setIntervalName(chartState.interval);
+  setTz(tz.mode);
   const sel = $('throttle');
   sel.value = String(throttle);
   sel.addEventListener('change', () => {
@@ -701,45 +1364,52 @@ function init() {
     store.set('throttle', ms);
     client.setThrottle(ms);
   });
+  $('tz').addEventListener('change', (e) => setTz(e.target.value));
   $('theme').addEventListener('click', () => applyTheme(document.documentElement.dataset.theme === 'dark' ? 'light' : 'dark'));
-  $('filter').addEventListener('input', (e) => {
-    ui.filter = e.target.value.trim().toLowerCase();
+  $('watch').addEventListener('click', () => toggleWatch(ui.selected));
+  const filter = $('filter');
+  filter.value = ui.filter;
+  filter.addEventListener('input', (e) => {
+    ui.filter = e.target.value.trim();
+    store.set('filter', ui.filter);
     ui.orderDirty = true;
+    ui.forceOrder = true;
     scheduleRender();
   });
   for (const th of document.querySelectorAll('#board th')) {
-    th.addEventListener('click', () => {
-      const k = th.dataset.key;
-      if (ui.sortKey === k) ui.sortDir = -ui.sortDir;
-      else {
-        ui.sortKey = k;
-        ui.sortDir = k === 'topic' ? 1 : -1;
-      }
-      store.set('sortKey', ui.sortKey);
-      store.set('sortDir', ui.sortDir);
-      ui.orderDirty = true;
-      scheduleRender();
-    });
+    th.querySelector('button').addEventListener('click', () => sortBy(th.dataset.key));
   }
   tbody.addEventListener('click', (e) => {
     const tr = e.target.closest('tr');
     if (tr) selectTopic(tr.dataset.topic);
   });
-  tbody.addEventListener('keydown', (e) => {
-    const tr = e.target.closest('tr');
-    if (!tr) return;
-    if (e.key === 'Enter' || e.key === ' ') {
-      e.preventDefault();
-      selectTopic(tr.dataset.topic);
-    } else if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
-      e.preventDefault();
-      const next = e.key === 'ArrowDown' ? tr.nextElementSibling : tr.previousElementSibling;
-      if (next) {
-        next.focus();
-        selectTopic(next.dataset.topic);
-      }
+  // One tab stop: the table holds the focus and arrow keys move the
+  // selection (announced through aria-activedescendant and aria-selected).
+  board.addEventListener('keydown', (e) => {
+    if (e.target !== board) return;
+    const page = Math.max(1, Math.floor($('table-wrap').clientHeight / rowHeight()) - 1);
+    switch (e.key) {
+      case 'ArrowDown': moveSelection(1); break;
+      case 'ArrowUp': moveSelection(-1); break;
+      case 'PageDown': moveSelection(page); break;
+      case 'PageUp': moveSelection(-page); break;
+      case 'Home': moveSelection(0, 0); break;
+      case 'End': moveSelection(0, -1); break;
+      case 'Enter': case ' ': revealSelected(); break;
+      case '*': case 'w': toggleWatch(ui.selected); break;
+      default: return;
     }
+    e.preventDefault();
   });
+  board.addEventListener('focus', () => {
+    if (!ui.selected && ui.order.length) selectTopic(ui.order[0]);
+    updateActiveDescendant();
+  });
+  // No re-sorting under the pointer: a click lands on the row it aimed at.
+  tbody.addEventListener('pointerenter', () => { ui.pointerOver = true; });
+  tbody.addEventListener('pointerleave', () => { ui.pointerOver = false; scheduleRender(); });
+  $('table-wrap').addEventListener('scroll', () => { scheduleRender(); scheduleSyncSubs(); }, { passive: true });
+  addEventListener('resize', () => { rowH = 0; ui.windowDirty = true; scheduleRender(); scheduleSyncSubs(); });
   for (const b of document.querySelectorAll('#intervals button')) {
     b.addEventListener('click', () => setIntervalName(b.dataset.interval));
   }
@@ -755,9 +1425,8 @@ function init() {
   let lastCount = 0;
   let lastCountAt = Date.now();
   setInterval(() => {
-    const now = client.serverNow();
-    renderAges(now);
-    $('clock').textContent = new Date(now).toISOString().slice(11, 19) + ' UTC';
+    renderAges(client.serverNow());
+    renderClock();
     const t = Date.now();
     if (t - lastCountAt >= 1000) {
       $('st-msgs').textContent = `${Math.round(((ui.msgCount - lastCount) * 1000) / (t - lastCountAt))} msg/s`;
@@ -765,8 +1434,14 @@ function init() {
       lastCountAt = t;
     }
   }, 250);
+  setInterval(loadTopics, TOPICS_EVERY_MS);
+  setInterval(loadFeeds, FEEDS_EVERY_MS);
+  setInterval(syncSubs, 1000);
 
+  const want = wantedTopic();
+  if (want) selectTopic(want);
   loadTopics();
+  loadFeeds();
   client.start();
 }
 
@@ -781,17 +1456,26 @@ globalThis.__tickstream = {
       out[r.topic] = {
         price: r.price, open: r.open, chg: r.price - r.open, bid: r.bid, ask: r.ask,
         volume: Number.isFinite(r.volume) ? r.volume : r.volSum, ts: r.ts, seq: r.seq, epoch: r.epoch,
+        live: r.live, decimals: rowDecimals(r),
         cells: r.text ? { ...r.text } : null,
       };
     }
     return out;
   },
+  subscribed: () => [...client.topics],
   chart: (n = 50) => ({
     topic: chartState.topic,
     interval: chartState.interval,
     loading: chartState.loading,
+    unknown: chartState.unknown,
+    outages: chartState.outages.map((o) => ({ ...o })),
     bars: chartState.candles ? chartState.candles.bars.slice(-n).map((b) => ({ ...b })) : [],
+    // What the chart library holds: the time it was given for the last bar.
+    seriesLastTime: candleSeries && candleSeries.data().length ? candleSeries.data()[candleSeries.data().length - 1].time : null,
   }),
+  tape: () => tape.rows.map((x) => ({ ...x })),
+  ui: () => ({ sortKey: ui.sortKey, sortDir: ui.sortDir, pointerOver: ui.pointerOver, order: [...ui.order], watch: [...ui.watch] }),
+  tz: () => ({ mode: tz.mode, label: tzLabel(Date.now()), offsetSec: tzOffsetSec(Date.now()) }),
   select: selectTopic,
   setInterval: setIntervalName,
   setThrottle: (ms) => {
