@@ -494,11 +494,12 @@ func TestBoardAndChart(t *testing.T) {
 		t.Errorf("legend = %q, want the live bar's high and low", legend)
 	}
 
-	// A late update (older bar, kept or not) must not break the chart.
+	// A late update gets its own older bar, in order, as on the server
+	// (docs/protocol.md, candles from updates), and the live bar goes on.
 	ts.publish(t, []pubTick{{"TEST-X", minute - 3*60_000, 90, 1}})
 	b.waitFor(t, "the late tick", 10*time.Second, `__tickstream.board()['TEST-X'].price === 90`)
 	ts.publish(t, []pubTick{{"TEST-X", minute + 7, 102, 1}})
-	b.waitFor(t, "the tick after a late one", 10*time.Second, `(() => { const c = __tickstream.chart(5); return c.bars.length === 1 && c.bars[0].c === 102 && c.bars[0].l === 95 && c.bars[0].n === 7; })()`)
+	b.waitFor(t, "the tick after a late one", 10*time.Second, fmt.Sprintf(`(() => { const c = __tickstream.chart(5); return c.bars.length === 2 && c.bars[0].t === %d && c.bars[0].c === 90 && c.bars[0].n === 1 && c.bars[1].c === 102 && c.bars[1].l === 95 && c.bars[1].n === 7; })()`, minute-3*60_000))
 
 	// Sorting and filtering.
 	b.do(t, chromedp.SendKeys(chromedp.CSS("#filter"), "usd"))

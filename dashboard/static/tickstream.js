@@ -637,14 +637,14 @@ export class Tickstream {
   subscribe(topics) {
     const add = topics.filter((t) => !this.topics.has(t));
     add.forEach((t) => this.topics.add(t));
-    if (add.length && this._isLive()) this._send({ op: 'subscribe', topics: add, throttle_ms: this.throttleMs, resume: this.cursors.resume() });
+    if (add.length && this._canSend()) this._send({ op: 'subscribe', topics: add, throttle_ms: this.throttleMs, resume: this.cursors.resume() });
   }
 
   /** Removes topics or patterns. */
   unsubscribe(topics) {
     const del = topics.filter((t) => this.topics.has(t));
     del.forEach((t) => this.topics.delete(t));
-    if (del.length && this._isLive()) this._send({ op: 'unsubscribe', topics: del });
+    if (del.length && this._canSend()) this._send({ op: 'unsubscribe', topics: del });
   }
 
   /** Changes the throttle by re-subscribing on the live connection:
@@ -684,6 +684,13 @@ export class Tickstream {
   // --- connection ---------------------------------------------------------
 
   _isLive() { return this.state === State.LIVE || this.state === State.LAGGING; }
+
+  /** Whether a subscription change can go out now: live, or a WebSocket
+   * that is open but not yet welcomed (its subscribe went out at open, so
+   * a later change must follow it on the same socket, not wait). */
+  _canSend() {
+    return this._isLive() || (this.transport === 'ws' && !!this._conn && !!this._conn.opened);
+  }
 
   _connect() {
     if (!this._running) return;

@@ -351,3 +351,14 @@ test('SSE passes the token as ?token= and refreshes by POST', async (t) => {
   assert.equal(posts[0].body.op, 'refresh');
   assert.equal(posts[0].body.token, 'd.e.f');
 });
+
+test('a subscribe between the WebSocket opening and the welcome goes out on that socket', async (t) => {
+  const { c } = setup(t);
+  c.start();
+  await until('open', () => FakeWS.all.length === 1 && FakeWS.all[0].sent.length === 1);
+  const ws = FakeWS.all[0];
+  c.subscribe(['LATE']);
+  assert.equal(ws.sent.length, 2, 'the subscribe was not sent');
+  assert.equal(ws.sent[1].op, 'subscribe');
+  assert.deepEqual(ws.sent[1].topics, ['LATE']);
+});

@@ -91,9 +91,6 @@ func (s *Server) handlePoll(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	if len(req.Topics) == 0 {
-		return apiError(c, fiber.StatusBadRequest, protocol.CodeBadTopic, "topics is empty: name the topics to poll")
-	}
 	timeout, err := queryInt(c, "timeout_ms", s.cfg.PollTimeout.Milliseconds(), 0, s.cfg.MaxPollTimeout.Milliseconds())
 	if err != nil {
 		return err
@@ -116,7 +113,11 @@ func (s *Server) handlePoll(c *fiber.Ctx) error {
 	if expired {
 		t.add(protocol.TypeError, protocol.EncodeError(nil, protocol.CodeBadResume, "cursor has expired: the poll starts afresh"))
 	}
-	_, _ = sub.Subscribe(req)
+	if len(req.Topics) > 0 {
+		// No topics (a client that has not chosen any yet) is an empty
+		// poll: it waits out its timeout and keeps its cursor.
+		_, _ = sub.Subscribe(req)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	delivered := make(chan error, 1)

@@ -102,7 +102,14 @@ func TestPoll(t *testing.T) {
 func TestPollLimits(t *testing.T) {
 	t.Parallel()
 	e := startServer(t, nil)
-	e.expectAPIError(t, http.MethodGet, "/poll?topics=", "", 400, protocol.CodeBadTopic)
+	// No topics yet is an empty poll, not an error: a client that has not
+	// chosen its topics waits on the transport like any other.
+	var empty struct {
+		Messages []json.RawMessage `json:"messages"`
+	}
+	if code, body := e.doT(t, http.MethodGet, "/poll?topics=&timeout_ms=0", "", nil, &empty); code != 200 || len(empty.Messages) != 0 {
+		t.Errorf("empty poll: %d %s, want 200 with no messages", code, body)
+	}
 	e.expectAPIError(t, http.MethodGet, "/poll?topics=a%20b", "", 400, protocol.CodeBadTopic)
 	e.expectAPIError(t, http.MethodGet, "/poll?topics=A&cursor=nope", "", 400, protocol.CodeBadResume)
 	e.expectAPIError(t, http.MethodGet, "/poll?topics=A&throttle_ms=-1", "", 400, protocol.CodeBadThrottle)
