@@ -224,6 +224,7 @@ func cursorOf(resume map[string]protocol.Cursor, name string) *protocol.Cursor {
 func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 	cfg := &s.bus.cfg
 	res := Result{Op: msg.Op, ID: msg.ID, Topics: []string{}}
+	errorsSent := false // the refusals went out right after the ack
 	interval := cfg.DefaultThrottle
 	if msg.ThrottleMS != nil {
 		var perr *protocol.Error
@@ -306,6 +307,12 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 		// The ack goes first, before any join of this message can be
 		// made (Deliver makes waiting joins too).
 		s.push(Message{Type: protocol.TypeAck, JSON: protocol.EncodeAck(msg.ID, res.Topics)})
+		// So do the refusals of its bad topics: a join made meanwhile
+		// by the writer must not put a snapshot ahead of them.
+		for _, e := range res.Errors {
+			s.sendError(e)
+		}
+		errorsSent = true
 		if !s.released {
 			for _, p := range patterns {
 				s.patterns[p] = interval
@@ -370,8 +377,10 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 	}
 
 	var first error
-	for _, e := range res.Errors {
-		s.sendError(e)
+	if !errorsSent {
+		for _, e := range res.Errors {
+			s.sendError(e)
+		}
 	}
 	if len(res.Errors) > 0 {
 		s.spendErrorBudget() // once per message, however many topics were bad
