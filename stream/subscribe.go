@@ -304,7 +304,7 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 		// From here on new topics join s when they are created; the ones
 		// created since the scan, and the pending names created since
 		// their lookup, are joined here.
-		tail, late := s.bus.register(s, len(all), patterns, interval, pending, msg.Resume, named)
+		tail, late := s.bus.register(s, all, patterns, interval, pending, msg.Resume, named)
 		if len(tail) > 0 || len(late) > 0 {
 			var full []string
 			s.subMu.Lock()

@@ -65,6 +65,8 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		LagThrottle:            ms(s.LagThrottleMS),
 		Heartbeat:              ms(s.HeartbeatMS),
 		MaxTopicsPerSubscriber: s.MaxTopicsPerConn,
+		MaxTopicsPerFeed:       s.MaxTopicsPerPublisher,
+		TopicIdleEvict:         evictSetting(s.TopicIdleEvictMS),
 		Metrics:                stream.NewMetrics(reg),
 		Logger:                 log,
 	})
@@ -88,6 +90,16 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		return err
 	}
 
+	publishFrom, err := server.ParsePublishFrom(s.PublishFrom)
+	if err != nil {
+		ln.Close()
+		return &SettingError{Setting: "publish_from", Source: "value " + s.PublishFrom, Err: err}
+	}
+	origins, err := server.ParseOrigins(s.AllowedOrigins)
+	if err != nil {
+		ln.Close()
+		return &SettingError{Setting: "allowed_origins", Source: "value " + s.AllowedOrigins, Err: err}
+	}
 	srv, err := server.New(server.Config{
 		Bus:              bus,
 		Feeds:            sup,
@@ -101,6 +113,18 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		AcceptBurst:      s.AcceptBurst,
 		MaxFrameBytes:    s.MaxFrameBytes,
 		SendBufferBytes:  sendBufferSetting(s.SendBufferBytes),
+
+		PublishFrom:           publishFrom,
+		AllowedOrigins:        origins,
+		MaxTopicsPerPublisher: s.MaxTopicsPerPublisher,
+		MaxConnsPerIP:         s.MaxConnsPerIP,
+		MaxConns:              s.MaxConns,
+		AcceptRatePerIP:       s.AcceptRatePerIP,
+		AcceptBurstPerIP:      s.AcceptBurstPerIP,
+		MaxMsgsPerSec:         s.MaxMsgsPerSec,
+		ReadTimeout:           ms(s.ReadTimeoutMS),
+		TLSCertFile:           s.TLSCert,
+		TLSKeyFile:            s.TLSKey,
 	})
 	if err != nil {
 		ln.Close()
@@ -110,7 +134,11 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 	sup.Start()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("tickstream listening", "addr", ln.Addr().String(), "url", "http://"+displayAddr(ln.Addr()), "feeds", len(feedConfigs), "epoch", bus.Epoch())
+	scheme := "http://"
+	if s.TLSCert != "" {
+		scheme = "https://"
+	}
+	log.Info("tickstream listening", "addr", ln.Addr().String(), "url", scheme+displayAddr(ln.Addr()), "feeds", len(feedConfigs), "epoch", bus.Epoch())
 
 	select {
 	case <-ctx.Done():
@@ -148,6 +176,15 @@ func displayAddr(a net.Addr) string {
 // throttleSetting maps default_throttle_ms to BusConfig.DefaultThrottle,
 // where zero means "the default" and a negative value means every tick.
 func throttleSetting(ms int) time.Duration {
+	if ms == 0 {
+		return -1
+	}
+	return time.Duration(ms) * time.Millisecond
+}
+
+// evictSetting maps topic_idle_evict_ms to BusConfig.TopicIdleEvict, where
+// zero means "the default" and a negative value means never.
+func evictSetting(ms int) time.Duration {
 	if ms == 0 {
 		return -1
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 
 	"github.com/gofiber/fiber/v2"
@@ -15,8 +16,21 @@ import (
 	"github.com/tickstream/tickstream/stream/protocol"
 )
 
+// handleTopics answers a page of topics sorted by name: ?limit= (default
+// 1000, at most 10000) after the name ?after=. When more follow, the
+// X-Tickstream-Next header holds the after of the next page and a Link
+// header its URL.
 func (s *Server) handleTopics(c *fiber.Ctx) error {
-	return c.JSON(s.bus.Topics())
+	limit, err := queryInt(c, "limit", 1000, 1, 10_000)
+	if err != nil {
+		return err
+	}
+	page, next := s.bus.TopicsAfter(c.Query("after"), int(limit))
+	if next != "" {
+		c.Set("X-Tickstream-Next", next)
+		c.Set(fiber.HeaderLink, fmt.Sprintf("</api/topics?limit=%d&after=%s>; rel=\"next\"", limit, url.QueryEscape(next)))
+	}
+	return c.JSON(page)
 }
 
 // queryInt reads an optional whole-number query parameter within [lo, hi].
@@ -102,16 +116,25 @@ type publishResult struct {
 
 // handlePublish accepts ticks as a JSON array or as NDJSON. Good ticks land
 // even when others in the batch are refused; each refusal says why.
+//
+// Who may publish is checked first (checkPublisher), then the content
+// type, then each new topic against the address's topic quota.
 func (s *Server) handlePublish(c *fiber.Ctx) error {
+	if err := s.checkPublisher(c); err != nil {
+		return err
+	}
+	if err := s.checkPublishType(c); err != nil {
+		return err
+	}
 	body := bytes.TrimSpace(c.Body())
 	if len(body) == 0 {
 		return apiError(c, fiber.StatusBadRequest, "empty", "send ticks as a JSON array or as NDJSON, one tick per line")
 	}
+	ip := c.IP()
 	res := publishResult{Refused: []refusedTick{}}
-	publish := func(line int, raw []byte) {
-		t, err := feeds.ParseTick(raw)
+	publish := func(line int, t feeds.Tick, err error) {
 		if err == nil {
-			err = s.cfg.PublishSink.Publish(t)
+			err = s.publishFrom(ip, t)
 		}
 		if err != nil {
 			res.Refused = append(res.Refused, refusedTick{Line: line, Error: err.Error()})
@@ -119,30 +142,73 @@ func (s *Server) handlePublish(c *fiber.Ctx) error {
 		}
 		res.Accepted++
 	}
-	if body[0] == '[' {
-		var items []json.RawMessage
-		if err := json.Unmarshal(body, &items); err != nil {
-			return apiError(c, fiber.StatusBadRequest, "bad_json", "the body starts with [ but is not a JSON array: "+err.Error())
-		}
-		for i, raw := range items {
-			publish(i+1, raw)
-		}
-	} else {
-		sc := bufio.NewScanner(bytes.NewReader(body))
-		sc.Buffer(make([]byte, 0, 64<<10), s.cfg.MaxPublishBytes)
-		for line := 1; sc.Scan(); line++ {
-			raw := bytes.TrimSpace(sc.Bytes())
-			if len(raw) == 0 {
-				continue
-			}
-			publish(line, raw)
-		}
+	if err := ParsePublish(body, s.cfg.MaxPublishBytes, publish); err != nil {
+		return apiError(c, fiber.StatusBadRequest, "bad_json", err.Error())
 	}
 	status := fiber.StatusOK
 	if res.Accepted == 0 && len(res.Refused) > 0 {
 		status = fiber.StatusBadRequest
 	}
 	return c.Status(status).JSON(res)
+}
+
+// errTopicQuota refuses a tick for a new topic from an address that has
+// created MaxTopicsPerPublisher topics already.
+var errTopicQuota = errors.New(CodeTopicQuota)
+
+// publishFrom publishes t for the client address ip, counting a topic it
+// creates against the address's quota.
+func (s *Server) publishFrom(ip string, t feeds.Tick) error {
+	if s.bus.HasTopic(t.Topic) {
+		return s.cfg.PublishSink.Publish(t)
+	}
+	if !s.quota.reserve(ip, t.Topic) {
+		s.bus.Metrics().Limited(CodeTopicQuota)
+		return fmt.Errorf("%w: this address created %d topics already (max_topics_per_publisher)", errTopicQuota, s.cfg.MaxTopicsPerPublisher)
+	}
+	err := s.cfg.PublishSink.Publish(t)
+	if err != nil && !s.bus.HasTopic(t.Topic) {
+		s.quota.release(t.Topic)
+	}
+	return err
+}
+
+// ParsePublish splits a publish body, a JSON array of ticks or NDJSON (one
+// tick per line), and parses each tick; fn gets each one's 1-based line
+// (or array position) and the tick or why it is not one. It returns an
+// error only for a body that starts with [ but is not a JSON array.
+// maxLine bounds an NDJSON line.
+func ParsePublish(body []byte, maxLine int, fn func(line int, t feeds.Tick, err error)) error {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return nil
+	}
+	if body[0] == '[' {
+		var items []json.RawMessage
+		if err := json.Unmarshal(body, &items); err != nil {
+			return errors.New("the body starts with [ but is not a JSON array: " + err.Error())
+		}
+		for i, raw := range items {
+			t, err := feeds.ParseTick(raw)
+			fn(i+1, t, err)
+		}
+		return nil
+	}
+	sc := bufio.NewScanner(bytes.NewReader(body))
+	sc.Buffer(make([]byte, 0, min(64<<10, maxLine)), maxLine)
+	line := 1
+	for ; sc.Scan(); line++ {
+		raw := bytes.TrimSpace(sc.Bytes())
+		if len(raw) == 0 {
+			continue
+		}
+		t, err := feeds.ParseTick(raw)
+		fn(line, t, err)
+	}
+	if err := sc.Err(); err != nil {
+		fn(line, feeds.Tick{}, fmt.Errorf("line too long: %w", err))
+	}
+	return nil
 }
 
 func (s *Server) handleFeeds(c *fiber.Ctx) error {

@@ -103,7 +103,12 @@ func (s *Server) serveWS(c *websocket.Conn) {
 	// conn.Close only closes fasthttp's hijacked wrapper, which does
 	// nothing: a stuck writer is cut off by closing the socket itself.
 	sock := socket(conn.NetConn())
-	sub, err := s.open("ws", sock)
+	sub, err := s.open("ws", sock, c.IP())
+	if errors.Is(err, errTooManyConns) {
+		// admit let it in, but others took the room during the handshake.
+		s.closeWS(conn, &protocol.Disconnect{Code: fastws.CloseTryAgainLater, Reason: "too many connections"})
+		return
+	}
 	if err != nil {
 		s.closeWS(conn, &protocol.Disconnect{Code: fastws.CloseGoingAway, Reason: "server shutting down"})
 		return
@@ -118,6 +123,22 @@ func (s *Server) serveWS(c *websocket.Conn) {
 	extend()
 	conn.SetReadLimit(wsReadLimit)
 	conn.SetPongHandler(func(string) error { extend(); return nil })
+	// Pings count as messages: a ping flood gets rate_limited, then 1008.
+	conn.SetPingHandler(func(data string) error {
+		extend()
+		if !s.allowMsg(sub) {
+			return nil
+		}
+		err := conn.WriteControl(fastws.PongMessage, []byte(data), time.Now().Add(s.cfg.WriteTimeout))
+		if errors.Is(err, fastws.ErrCloseSent) {
+			return nil
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil
+		}
+		return err
+	})
 
 	writerDone := make(chan struct{})
 	go func() {
@@ -149,6 +170,8 @@ func (s *Server) serveWS(c *websocket.Conn) {
 		}
 		extend()
 		switch {
+		case !s.allowMsg(sub):
+			// dropped; the client got rate_limited
 		case len(msg) > s.cfg.MaxFrameBytes:
 			sub.Refuse(nil, protocol.CodeFrameTooLarge, "message of "+strconv.Itoa(len(msg))+" bytes; at most "+strconv.Itoa(s.cfg.MaxFrameBytes))
 		case typ != fastws.TextMessage:
