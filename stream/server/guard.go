@@ -87,12 +87,25 @@ func (p PublishFrom) Allows(ip net.IP) bool {
 // checkPublisher decides whether the request may publish. With auth off
 // this is the publish_from address check; an authorizer (a publish right
 // in the request's token) takes its place when auth is on.
+//
+// A request that a proxy forwarded (it has Forwarded, X-Forwarded-For or
+// X-Real-IP) is not local even when the proxy is: loopback does not let
+// it in, so that nginx on the same machine does not open publishing to
+// the world.
 func (s *Server) checkPublisher(c *fiber.Ctx) error {
-	if !s.cfg.PublishFrom.Allows(c.Context().RemoteIP()) {
+	p := s.cfg.PublishFrom
+	if proxied(c) {
+		p.loopback = false
+	}
+	if !p.Allows(c.Context().RemoteIP()) {
 		return s.limited(c, fiber.StatusForbidden, CodeForbiddenPublisher,
 			"publishing is allowed only from "+s.publishFromText()+" while auth is off; turn auth on (see README, Deploying) or widen publish_from")
 	}
 	return nil
+}
+
+func proxied(c *fiber.Ctx) bool {
+	return c.Get("Forwarded") != "" || c.Get(fiber.HeaderXForwardedFor) != "" || c.Get("X-Real-IP") != ""
 }
 
 func (s *Server) publishFromText() string {

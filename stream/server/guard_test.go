@@ -71,6 +71,29 @@ func TestPublishFromAllowedAddressesOnly(t *testing.T) {
 	}
 }
 
+// TestPublishThroughLocalProxyRefused: a request a proxy on the same
+// machine forwarded is not local: the default publish_from refuses it.
+func TestPublishThroughLocalProxyRefused(t *testing.T) {
+	t.Parallel()
+	e := startServer(t, nil)
+	for _, h := range []string{"X-Forwarded-For", "Forwarded", "X-Real-IP"} {
+		req, _ := http.NewRequest(http.MethodPost, e.url("/api/publish"), strings.NewReader(`{"topic":"PX","price":1}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set(h, "203.0.113.9")
+		resp, err := e.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("publish with %s from loopback: %d, want 403", h, resp.StatusCode)
+		}
+	}
+	if e.bus.HasTopic("PX") {
+		t.Fatal("a forwarded publish landed")
+	}
+}
+
 func TestParsePublishFrom(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {

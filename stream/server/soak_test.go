@@ -35,7 +35,7 @@ func TestSoak(t *testing.T) {
 		t.Skip("set TICKSTREAM_SOAK=60s to run the soak")
 	}
 	e := startServer(t, func(bc *stream.BusConfig, sc *server.Config) {
-		bc.Heartbeat = time.Second
+		bc.Heartbeat = 5 * time.Second
 		sc.AcceptRatePerIP, sc.AcceptBurstPerIP = 10_000, 10_000 // churn from one address
 	})
 	// Fill every topic's history first: its rings then stay the same size,
