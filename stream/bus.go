@@ -385,19 +385,26 @@ func (b *Bus) addLocked(t *topic) {
 // topicList is every live topic, in order of creation. The slice is
 // shared: do not modify it.
 func (b *Bus) topicList() []*topic {
+	all, _ := b.topicListGen()
+	return all
+}
+
+// topicListGen is topicList and the number of the next topic to be
+// created (or revived), for register.
+func (b *Bus) topicListGen() ([]*topic, uint64) {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	return b.all[:len(b.all):len(b.all)]
+	return b.all[:len(b.all):len(b.all)], b.created
 }
 
 // register records s's patterns and named topics that have no tick yet,
 // so that topics created from now on join s at creation. It returns the
-// topics created after those of scanned, a copy of topicList (those a
+// topics created (or revived) since gen, from topicListGen (those a
 // subscribe's scan did not see and no creation joined) and the pending requests whose
 // topic was created in the meantime (to join now). Cursors for topics that
 // stay pending are answered here, under b.mu, so that the reset goes out
 // before any update of the topic.
-func (b *Bus) register(s *Subscriber, scanned []*topic, patterns []string, interval time.Duration, pending []*joinReq, resume map[string]protocol.Cursor, named map[string]bool) (tail []*topic, late []*joinReq) {
+func (b *Bus) register(s *Subscriber, gen uint64, patterns []string, interval time.Duration, pending []*joinReq, resume map[string]protocol.Cursor, named map[string]bool) (tail []*topic, late []*joinReq) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if _, open := b.subs[s]; !open { // released: it must not join new topics
@@ -447,13 +454,9 @@ func (b *Bus) register(s *Subscriber, scanned []*topic, patterns []string, inter
 			s.pushStaleCursor(name, resume[name])
 		}
 	}
-	// Evictions since the scan shift positions in b.all: the tail starts
-	// after the last scanned topic's number.
-	n := 0
-	if len(scanned) > 0 {
-		last := scanned[len(scanned)-1].idx
-		n = sort.Search(len(b.all), func(i int) bool { return b.all[i].idx > last })
-	}
+	// Evictions since the scan shift positions in b.all: the tail is
+	// found by number (b.all is in order of number).
+	n := sort.Search(len(b.all), func(i int) bool { return b.all[i].idx >= gen })
 	return b.all[n:len(b.all):len(b.all)], late
 }
 
