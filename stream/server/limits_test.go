@@ -295,6 +295,12 @@ func TestFrameOverHardCapCloses1009(t *testing.T) {
 	if ce := c.closeStatus(10 * time.Second); ce.Code != websocket.StatusMessageTooBig {
 		t.Fatalf("close %v, want 1009", ce)
 	}
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := e.metric("tickstream_limited_total"); n != 1 {
+			return errorf("tickstream_limited_total = %v, want 1", n)
+		}
+		return nil
+	})
 }
 
 // TestSlowlorisHeadersCut: a client that sends request headers and then

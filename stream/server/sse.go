@@ -222,6 +222,7 @@ func (s *Server) handleSSEControl(c *fiber.Ctx) error {
 		return apiError(c, fiber.StatusTooManyRequests, protocol.CodeRateLimited, fmt.Sprintf("more than %g messages per second on this stream", s.cfg.MaxMsgsPerSec))
 	}
 	if len(c.Body()) > s.cfg.MaxFrameBytes {
+		s.bus.Metrics().Limited(protocol.CodeFrameTooLarge)
 		return apiError(c, fiber.StatusRequestEntityTooLarge, protocol.CodeFrameTooLarge, fmt.Sprintf("at most %d bytes", s.cfg.MaxFrameBytes))
 	}
 	res, err := sub.Handle(c.Body())

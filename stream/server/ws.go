@@ -166,6 +166,9 @@ func (s *Server) serveWS(c *websocket.Conn) {
 	for {
 		typ, msg, err := conn.ReadMessage()
 		if err != nil {
+			if errors.Is(err, fastws.ErrReadLimit) { // the library closed it with 1009
+				s.bus.Metrics().Limited("frame_hard_cap")
+			}
 			break
 		}
 		extend()
@@ -173,6 +176,7 @@ func (s *Server) serveWS(c *websocket.Conn) {
 		case !s.allowMsg(sub):
 			// dropped; the client got rate_limited
 		case len(msg) > s.cfg.MaxFrameBytes:
+			s.bus.Metrics().Limited(protocol.CodeFrameTooLarge)
 			sub.Refuse(nil, protocol.CodeFrameTooLarge, "message of "+strconv.Itoa(len(msg))+" bytes; at most "+strconv.Itoa(s.cfg.MaxFrameBytes))
 		case typ != fastws.TextMessage:
 			sub.Refuse(nil, protocol.CodeBadJSON, "binary frames are not supported; send JSON text frames")
