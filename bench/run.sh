@@ -47,6 +47,10 @@ cat >"$OUT/tickstream.yaml" <<'YAML'
 log_level: warn
 accept_rate: 100000
 accept_burst: 100000
+accept_rate_per_ip: 100000
+accept_burst_per_ip: 100000
+max_conns_per_ip: 1000000
+max_conns: 1000000
 feeds:
   - name: quiet
     type: sim

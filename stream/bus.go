@@ -79,6 +79,16 @@ type BusConfig struct {
 	// wrapping tick.ErrOverLimit that gives the reason; TSStamp accepts
 	// it with ts replaced by the time the bus accepts it.
 	TSPolicy TSPolicy
+	// MaxTopicsPerFeed bounds the topics one feed (one Sink name) may
+	// create, so that one publisher cannot fill MaxTopics and starve the
+	// others. Zero value means MaxTopics (no bound of its own).
+	MaxTopicsPerFeed int
+	// TopicIdleEvict is how long a topic with no subscriber and no tick
+	// stays before it is evicted (its history and candles are dropped;
+	// pending interests in its name survive, and a tick brings it back
+	// with the seq after its last). Zero value means 24 h; negative means
+	// never.
+	TopicIdleEvict time.Duration
 	// FlusherIdle is how long a throttle interval's flusher goroutine runs
 	// with nothing to flush before it ends (it also lasts at least two
 	// intervals). Zero value means 5 s.
@@ -108,6 +118,7 @@ func (c *BusConfig) setDefaults() error {
 	def(&c.HistoryDepth, 1000)
 	def(&c.CandleDepth, 500)
 	def(&c.MaxTopics, 100_000)
+	def(&c.MaxTopicsPerFeed, c.MaxTopics)
 	def(&c.MaxTopicsPerSubscriber, 1000)
 	def(&c.MaxPendingBytes, 1<<20)
 	defDur(&c.DefaultThrottle, 100*time.Millisecond)
@@ -124,6 +135,7 @@ func (c *BusConfig) setDefaults() error {
 	if c.TSPolicy != TSRefuse && c.TSPolicy != TSStamp {
 		return fmt.Errorf("stream: TSPolicy %q: want %q or %q", c.TSPolicy, TSRefuse, TSStamp)
 	}
+	defDur(&c.TopicIdleEvict, 24*time.Hour)
 	if c.Epoch == "" {
 		c.Epoch = NewID(8)
 	}
@@ -189,6 +201,18 @@ type Bus struct {
 	pending map[string]map[*Subscriber]*joinReq
 	subs    map[*Subscriber]struct{}
 	closed  bool
+	// created counts the topics ever created: a topic's idx is its number.
+	created uint64
+	// perFeed is how many live topics each feed created (MaxTopicsPerFeed).
+	perFeed map[string]int
+	// tombs keeps the last seq of evicted topics (at most MaxTopics, the
+	// oldest dropped first), so that a topic that comes back continues
+	// its seq and no cursor of it is ever answered with other ticks.
+	tombs     map[string]uint64
+	tombOrder []string
+	// onEvict are called, outside mu, with the name of each evicted topic.
+	onEvict   []func(name string)
+	evictQuit chan struct{}
 
 	// testHookJoin, if set (by tests, before use), is called at the start
 	// of every join, with the topic's lock held.
@@ -217,6 +241,8 @@ func NewBus(cfg BusConfig) (*Bus, error) {
 		pending:  make(map[string]map[*Subscriber]*joinReq),
 		subs:     make(map[*Subscriber]struct{}),
 		flushers: make(map[time.Duration]*flusher),
+		perFeed:  make(map[string]int),
+		tombs:    make(map[string]uint64),
 	}
 	pending := b.pendingBytes
 	b.metrics.pending.Store(&pending)
@@ -226,6 +252,11 @@ func NewBus(cfg BusConfig) (*Bus, error) {
 		}
 	}
 	b.seqr = NewLocalSequencer(b.cfg.Epoch)
+	if cfg.TopicIdleEvict > 0 {
+		b.evictQuit = make(chan struct{})
+		b.wg.Add(1)
+		go b.evictLoop(b.evictQuit)
+	}
 	return b, nil
 }
 
@@ -283,10 +314,10 @@ func (b *Bus) Metrics() *Metrics { return b.metrics }
 // Publish validates and accepts one tick from feed. It returns the tick's
 // seq, or a *tick.Error, ErrTooManyTopic or ErrClosed.
 func (b *Bus) Publish(feed string, tk tick.Tick) (uint64, error) {
-	return b.publish(tk, b.metrics.ticksIn.WithLabelValues(feed), b.metrics.ticksRefused.WithLabelValues(feed))
+	return b.publish(feed, tk, b.metrics.ticksIn.WithLabelValues(feed), b.metrics.ticksRefused.WithLabelValues(feed))
 }
 
-func (b *Bus) publish(tk tick.Tick, in, refused prometheus.Counter) (uint64, error) {
+func (b *Bus) publish(feed string, tk tick.Tick, in, refused prometheus.Counter) (uint64, error) {
 	if err := tk.Validate(); err != nil {
 		refused.Inc()
 		return 0, err
@@ -296,14 +327,18 @@ func (b *Bus) publish(tk tick.Tick, in, refused prometheus.Counter) (uint64, err
 		refused.Inc()
 		return 0, err
 	}
-	t, err := b.topicFor(tk.Topic)
-	if err != nil {
-		refused.Inc()
-		return 0, err
+	for {
+		t, err := b.topicFor(feed, tk.Topic)
+		if err != nil {
+			refused.Inc()
+			return 0, err
+		}
+		if seq, ok := t.publish(&tk, now); ok {
+			in.Inc()
+			return seq, nil
+		}
+		// t was evicted between the lookup and the tick: look again.
 	}
-	seq := t.publish(&tk, now)
-	in.Inc()
-	return seq, nil
 }
 
 // checkTS applies the ts policy: a zero ts is now; a ts more than
@@ -332,25 +367,26 @@ func (b *Bus) checkTS(tk *tick.Tick, now int64) error {
 
 // Sink returns the sink a feed publishes into (it satisfies feeds.Sink).
 func (b *Bus) Sink(feed string) *FeedSink {
-	return &FeedSink{bus: b, in: b.metrics.ticksIn.WithLabelValues(feed), refused: b.metrics.ticksRefused.WithLabelValues(feed)}
+	return &FeedSink{bus: b, feed: feed, in: b.metrics.ticksIn.WithLabelValues(feed), refused: b.metrics.ticksRefused.WithLabelValues(feed)}
 }
 
 // FeedSink publishes one feed's ticks, counted under its name.
 type FeedSink struct {
 	bus         *Bus
+	feed        string
 	in, refused prometheus.Counter
 }
 
 // Publish validates and accepts t; see Bus.Publish.
 func (s *FeedSink) Publish(t tick.Tick) error {
-	_, err := s.bus.publish(t, s.in, s.refused)
+	_, err := s.bus.publish(s.feed, t, s.in, s.refused)
 	return err
 }
 
 // PublishSeq is Publish that also returns the tick's seq (for publish
 // acks).
 func (s *FeedSink) PublishSeq(t tick.Tick) (uint64, error) {
-	return s.bus.publish(t, s.in, s.refused)
+	return s.bus.publish(s.feed, t, s.in, s.refused)
 }
 
 func (b *Bus) lookup(name string) *topic {
@@ -364,7 +400,7 @@ func (b *Bus) lookup(name string) *topic {
 // pattern subscription it matches and every subscription that named it
 // before its first tick: that tick waits for those joins (they hold the
 // topic's lock), but Bus.mu is released before them.
-func (b *Bus) topicFor(name string) (*topic, error) {
+func (b *Bus) topicFor(feed, name string) (*topic, error) {
 	if t := b.lookup(name); t != nil {
 		return t, nil
 	}
@@ -380,12 +416,22 @@ func (b *Bus) topicFor(name string) (*topic, error) {
 	if len(b.topics) >= b.cfg.MaxTopics {
 		n := len(b.topics)
 		b.mu.Unlock()
+		b.metrics.Limited("max_topics")
 		return nil, &tick.Error{Err: ErrTooManyTopic, Detail: fmt.Sprintf("%d topics already, at most %d", n, b.cfg.MaxTopics)}
 	}
+	if n := b.perFeed[feed]; n >= b.cfg.MaxTopicsPerFeed {
+		b.mu.Unlock()
+		b.metrics.Limited("topic_quota")
+		return nil, &tick.Error{Err: ErrTopicQuota, Detail: fmt.Sprintf("feed %s created %d topics already, at most %d per publisher", feed, n, b.cfg.MaxTopicsPerFeed)}
+	}
 	t := newTopic(b, name)
-	b.topics[name] = t
-	b.all = append(b.all, t)
-	b.metrics.topics.Add(1)
+	t.feed = feed
+	b.perFeed[feed]++
+	if seq, ok := b.tombs[name]; ok {
+		t.seq = seq // continue where the evicted topic stopped
+		delete(b.tombs, name)
+	}
+	b.addLocked(t)
 	joins := b.interestLocked(name)
 	if len(joins) == 0 {
 		b.mu.Unlock()
@@ -441,22 +487,39 @@ func (b *Bus) interestLocked(name string) []newJoin {
 	return out
 }
 
-// topicList is every topic so far, in order of creation. The slice is
+// addLocked makes t a live topic, numbered after every topic so far.
+// Called with b.mu held.
+func (b *Bus) addLocked(t *topic) {
+	t.idx = b.created
+	b.created++
+	b.topics[t.name] = t
+	b.all = append(b.all, t)
+	b.metrics.topics.Add(1)
+}
+
+// topicList is every live topic, in order of creation. The slice is
 // shared: do not modify it.
 func (b *Bus) topicList() []*topic {
+	all, _ := b.topicListGen()
+	return all
+}
+
+// topicListGen is topicList and the number of the next topic to be
+// created (or revived), for register.
+func (b *Bus) topicListGen() ([]*topic, uint64) {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	return b.all[:len(b.all):len(b.all)]
+	return b.all[:len(b.all):len(b.all)], b.created
 }
 
 // register records s's patterns and named topics that have no tick yet,
 // so that topics created from now on join s at creation. It returns the
-// topics created after the first n of topicList (those a subscribe's scan
-// did not see and no creation joined) and the pending requests whose
+// topics created (or revived) since gen, from topicListGen (those a
+// subscribe's scan did not see and no creation joined) and the pending requests whose
 // topic was created in the meantime (to join now). Cursors for topics that
 // stay pending are answered here, under b.mu, so that the reset goes out
 // before any update of the topic.
-func (b *Bus) register(s *Subscriber, n int, patterns []string, interval time.Duration, pending []*joinReq, resume map[string]protocol.Cursor, named map[string]bool) (tail []*topic, late []*joinReq) {
+func (b *Bus) register(s *Subscriber, gen uint64, patterns []string, interval time.Duration, pending []*joinReq, resume map[string]protocol.Cursor, named map[string]bool) (tail []*topic, late []*joinReq) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if _, open := b.subs[s]; !open { // released: it must not join new topics
@@ -506,6 +569,9 @@ func (b *Bus) register(s *Subscriber, n int, patterns []string, interval time.Du
 			s.pushStaleCursor(name, resume[name])
 		}
 	}
+	// Evictions since the scan shift positions in b.all: the tail is
+	// found by number (b.all is in order of number).
+	n := sort.Search(len(b.all), func(i int) bool { return b.all[i].idx >= gen })
 	return b.all[n:len(b.all):len(b.all)], late
 }
 
@@ -638,6 +704,52 @@ func (b *Bus) Topics() []TopicInfo {
 	return out
 }
 
+// HasTopic says whether the topic exists (has had a tick and was not
+// evicted).
+func (b *Bus) HasTopic(name string) bool { return b.lookup(name) != nil }
+
+// TopicsAfter lists up to limit topics whose names sort after after,
+// sorted by name, and the name to pass as after for the next page ("" when
+// this page is the last).
+func (b *Bus) TopicsAfter(after string, limit int) ([]TopicInfo, string) {
+	b.mu.RLock()
+	ts := make([]*topic, 0, min(len(b.topics), limit+1))
+	for name, t := range b.topics {
+		if name > after {
+			ts = append(ts, t)
+		}
+	}
+	b.mu.RUnlock()
+	sort.Slice(ts, func(i, j int) bool { return ts[i].name < ts[j].name })
+	next := ""
+	if len(ts) > limit {
+		ts = ts[:limit]
+		next = ts[limit-1].name
+	}
+	now := b.cfg.Now()
+	out := make([]TopicInfo, len(ts))
+	for i, t := range ts {
+		out[i] = t.info(now)
+	}
+	return out, next
+}
+
+// CountMatching is how many topics match one of the patterns (prefixes,
+// see protocol.Pattern) and are not in except: what a subscribe to those
+// patterns would deliver besides the named topics.
+func (b *Bus) CountMatching(patterns []string, except map[string]bool) int {
+	if len(patterns) == 0 {
+		return 0
+	}
+	n := 0
+	for _, t := range b.topicList() {
+		if !except[t.name] && matchesAny(t.name, patterns) {
+			n++
+		}
+	}
+	return n
+}
+
 // History returns up to limit raw ticks of topic after seq afterSeq. The
 // newest come from the memory ring; with a store, older ones are read
 // from it when the ring does not reach back to afterSeq.
@@ -704,6 +816,10 @@ func (b *Bus) CandlesSeq(name, interval string, limit int) ([]Candle, uint64, er
 func (b *Bus) Close(ctx context.Context) error {
 	b.mu.Lock()
 	b.closed = true
+	if b.evictQuit != nil {
+		close(b.evictQuit)
+		b.evictQuit = nil
+	}
 	subs := make([]*Subscriber, 0, len(b.subs))
 	for s := range b.subs {
 		subs = append(subs, s)

@@ -17,6 +17,8 @@ type Metrics struct {
 	stepDowns      prometheus.Counter
 	slowCloses     prometheus.Counter
 	latency        prometheus.Histogram
+	limited        *prometheus.CounterVec
+	evicted        prometheus.Counter
 
 	lagging atomicGauge
 	// per-transport subscriber counts, read by GaugeFuncs
@@ -59,13 +61,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from accepting a tick to writing the update that carries it, per message.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tickstream_limited_total", Help: "Requests, connections, messages or ticks refused by a limit, by limit.",
+		}, []string{"limit"}),
+		evicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tickstream_topics_evicted_total", Help: "Topics evicted after topic_idle_evict_ms with no tick and no subscriber.",
+		}),
 		conns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tickstream_connections", Help: "Open client connections, by transport.",
 		}, []string{"transport"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.ticksIn, m.ticksRefused, m.ticksCoalesced, m.sentMsgs, m.sentBytes,
-			m.stepDowns, m.slowCloses, m.latency, m.conns,
+			m.stepDowns, m.slowCloses, m.latency, m.conns, m.limited, m.evicted,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "tickstream_lagging_clients", Help: "Clients currently stepped down for being slow.",
 			}, func() float64 { return float64(m.lagging.v.Load()) }),
@@ -84,6 +92,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	return m
 }
+
+// Limited counts one refusal by the named limit (tickstream_limited_total).
+func (m *Metrics) Limited(limit string) { m.limited.WithLabelValues(limit).Inc() }
 
 // SlowClose counts a client closed for being stuck past the write deadline.
 func (m *Metrics) SlowClose() { m.slowCloses.Inc() }

@@ -262,8 +262,9 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 	// bus lock and scanned outside it. A topic named in this message is
 	// joined (and resumed) as named, not again through a pattern.
 	var all, matched []*topic
+	var gen uint64
 	if len(patterns) > 0 {
-		all = s.bus.topicList()
+		all, gen = s.bus.topicListGen()
 		for _, t := range all {
 			if !named[t.name] && matchesAny(t.name, patterns) && s.mayRead(t.name) {
 				matched = append(matched, t)
@@ -343,7 +344,7 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 		// From here on new topics join s when they are created; the ones
 		// created since the scan, and the pending names created since
 		// their lookup, are joined here.
-		tail, late := s.bus.register(s, len(all), patterns, interval, pending, msg.Resume, named)
+		tail, late := s.bus.register(s, gen, patterns, interval, pending, msg.Resume, named)
 		if len(tail) > 0 || len(late) > 0 {
 			var full []string
 			s.subMu.Lock()

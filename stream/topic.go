@@ -20,6 +20,12 @@ type histEntry struct {
 type topic struct {
 	name string
 	bus  *Bus
+	feed string // the feed that created it (MaxTopicsPerFeed)
+	idx  uint64 // its number in order of creation; guarded by Bus.mu
+
+	// evicted is set, under Bus.mu and mu, when the topic is dropped
+	// from the bus: a publish or join that finds it set looks again.
+	evicted bool
 
 	mu       sync.Mutex
 	seq      uint64
@@ -95,22 +101,27 @@ type membership struct {
 // publish applies one validated tick. It is called with t.mu unlocked.
 // With a store, the tick is appended to its queue under the lock (in seq
 // order) and publish then waits, unlocked, for what the store's sync
-// policy promises before a publish returns.
-func (t *topic) publish(tk *tick.Tick, accepted time.Time) uint64 {
+// policy promises before a publish returns. It returns false, and applies
+// nothing, if t has been evicted.
+func (t *topic) publish(tk *tick.Tick, accepted time.Time) (uint64, bool) {
 	t.mu.Lock()
+	if t.evicted {
+		t.mu.Unlock()
+		return 0, false
+	}
 	seq, ticket := t.publishLocked(tk, accepted)
 	t.mu.Unlock()
 	if st := t.bus.cfg.Store; st != nil {
 		st.Settle(ticket)
 	}
-	return seq
+	return seq, true
 }
 
 func (t *topic) publishLocked(tk *tick.Tick, accepted time.Time) (uint64, uint64) {
 	cfg := &t.bus.cfg
 	fields := append([]tick.Field(nil), tk.Fields...)
-	tk.Fields = fields
 
+	tk.Fields = fields
 	t.seq = t.bus.seqr.Next(t.name, t.seq)
 	seq := t.seq
 	t.ts, t.accepted = tk.TS, accepted
@@ -304,11 +315,19 @@ func (g *group) hasJoiners() bool {
 // false, nothing is joined and nothing is sent.
 type joinCommit func(m *membership) (old *membership, interval time.Duration, ok bool)
 
-// join is joinLocked with t.mu taken.
+// join is joinLocked with t.mu taken. A topic evicted since it was
+// looked up is brought back first (or its successor joined), so that a
+// join never lands on a topic the bus no longer has.
 func (t *topic) join(s *Subscriber, cur *protocol.Cursor, commit joinCommit) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.joinLocked(s, cur, commit)
+	for {
+		t.mu.Lock()
+		if !t.evicted {
+			defer t.mu.Unlock()
+			return t.joinLocked(s, cur, commit)
+		}
+		t.mu.Unlock()
+		t = t.bus.revive(t)
+	}
 }
 
 // joinLocked subscribes s to t. With a cursor it replays from history, or

@@ -92,6 +92,8 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		MaxFutureSkew:          limitSetting(s.MaxFutureSkewMS),
 		MaxTickAge:             limitSetting(s.MaxTickAgeMS),
 		TSPolicy:               stream.TSPolicy(s.TSPolicy),
+		MaxTopicsPerFeed:       s.MaxTopicsPerPublisher,
+		TopicIdleEvict:         evictSetting(s.TopicIdleEvictMS),
 		Metrics:                stream.NewMetrics(reg),
 		Logger:                 log,
 	})
@@ -115,6 +117,16 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		return err
 	}
 
+	publishFrom, err := server.ParsePublishFrom(s.PublishFrom)
+	if err != nil {
+		ln.Close()
+		return &SettingError{Setting: "publish_from", Source: "value " + s.PublishFrom, Err: err}
+	}
+	origins, err := server.ParseOrigins(s.AllowedOrigins)
+	if err != nil {
+		ln.Close()
+		return &SettingError{Setting: "allowed_origins", Source: "value " + s.AllowedOrigins, Err: err}
+	}
 	srv, err := server.New(server.Config{
 		Bus:              bus,
 		Feeds:            sup,
@@ -129,6 +141,18 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		MaxFrameBytes:    s.MaxFrameBytes,
 		SendBufferBytes:  sendBufferSetting(s.SendBufferBytes),
 		Auth:             authz,
+
+		PublishFrom:           publishFrom,
+		AllowedOrigins:        origins,
+		MaxTopicsPerPublisher: s.MaxTopicsPerPublisher,
+		MaxConnsPerIP:         s.MaxConnsPerIP,
+		MaxConns:              s.MaxConns,
+		AcceptRatePerIP:       s.AcceptRatePerIP,
+		AcceptBurstPerIP:      s.AcceptBurstPerIP,
+		MaxMsgsPerSec:         s.MaxMsgsPerSec,
+		ReadTimeout:           ms(s.ReadTimeoutMS),
+		TLSCertFile:           s.TLSCert,
+		TLSKeyFile:            s.TLSKey,
 	})
 	if err != nil {
 		ln.Close()
@@ -138,7 +162,11 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 	sup.Start()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("tickstream listening", "addr", ln.Addr().String(), "url", "http://"+displayAddr(ln.Addr()), "feeds", len(feedConfigs), "epoch", bus.Epoch(), "data_dir", s.DataDir)
+	scheme := "http://"
+	if s.TLSCert != "" {
+		scheme = "https://"
+	}
+	log.Info("tickstream listening", "addr", ln.Addr().String(), "url", scheme+displayAddr(ln.Addr()), "feeds", len(feedConfigs), "epoch", bus.Epoch(), "data_dir", s.DataDir)
 
 	select {
 	case <-ctx.Done():
@@ -215,6 +243,15 @@ func displayAddr(a net.Addr) string {
 // throttleSetting maps default_throttle_ms to BusConfig.DefaultThrottle,
 // where zero means "the default" and a negative value means every tick.
 func throttleSetting(ms int) time.Duration {
+	if ms == 0 {
+		return -1
+	}
+	return time.Duration(ms) * time.Millisecond
+}
+
+// evictSetting maps topic_idle_evict_ms to BusConfig.TopicIdleEvict, where
+// zero means "the default" and a negative value means never.
+func evictSetting(ms int) time.Duration {
 	if ms == 0 {
 		return -1
 	}

@@ -59,6 +59,19 @@ type Settings struct {
 	AuthJWKSFile        string `yaml:"auth_jwks_file" help:"JWKS file of RSA and P-256 public keys (a token's kid picks one), reloaded when it changes" default:""`
 	AuthReloadMS        int    `yaml:"auth_reload_ms" help:"how often at most the key files are checked for changes" default:"10000" min:"100" max:"3600000"`
 
+	PublishFrom           string  `yaml:"publish_from" help:"who may POST /api/publish while auth is off: loopback, any, or CIDR prefixes (comma-separated)" default:"loopback"`
+	MaxTopicsPerPublisher int     `yaml:"max_topics_per_publisher" help:"topics one feed, or one address publishing over HTTP, may create" default:"10000" min:"1" max:"100000000"`
+	TopicIdleEvictMS      int     `yaml:"topic_idle_evict_ms" help:"a topic with no tick and no subscriber for this long is evicted; 0 = never" default:"86400000" min:"0" max:"3153600000"`
+	AllowedOrigins        string  `yaml:"allowed_origins" help:"browser origins allowed on /ws, /sse and /api (CORS), comma-separated, besides the server's own host: origins, localhost, or * for any" default:"localhost"`
+	MaxConnsPerIP         int     `yaml:"max_conns_per_ip" help:"open /ws and /sse streams per client address" default:"256" min:"1" max:"10000000"`
+	MaxConns              int     `yaml:"max_conns" help:"open /ws and /sse streams in all" default:"20000" min:"1" max:"10000000"`
+	AcceptRatePerIP       float64 `yaml:"accept_rate_per_ip" help:"new /ws and /sse connections per second per client address (token bucket)" default:"20" min:"0.01" max:"1000000"`
+	AcceptBurstPerIP      int     `yaml:"accept_burst_per_ip" help:"per-address token bucket size" default:"100" min:"1" max:"1000000"`
+	MaxMsgsPerSec         float64 `yaml:"max_msgs_per_sec" help:"client messages (and pings) per second per connection; past it rate_limited, then 1008" default:"50" min:"0.1" max:"1000000"`
+	ReadTimeoutMS         int     `yaml:"read_timeout_ms" help:"time to read a request's headers and body (slowloris)" default:"10000" min:"100" max:"600000"`
+	TLSCert               string  `yaml:"tls_cert" help:"PEM certificate (chain) file: serve HTTPS and WSS; re-read when it changes" default:""`
+	TLSKey                string  `yaml:"tls_key" help:"PEM private key file for tls_cert" default:""`
+
 	// Feeds come from the config file only. None means one sim feed.
 	Feeds []feeds.Config `yaml:"feeds" flag:"-"`
 }
@@ -263,6 +276,9 @@ func (s *Settings) validate() error {
 	}
 	if _, _, err := s.syncPolicy(); err != nil {
 		return &SettingError{Setting: "sync", Source: "value " + strconv.Quote(s.Sync), Err: err}
+	}
+	if (s.TLSCert == "") != (s.TLSKey == "") {
+		return &SettingError{Setting: "tls_cert", Source: "tls_cert and tls_key", Err: errors.New("set both or neither")}
 	}
 	if s.Addr == "" {
 		return &SettingError{Setting: "addr", Source: "value \"\"", Err: errors.New("want host:port, e.g. :8080")}

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/tickstream/tickstream/feeds/tick"
 )
 
 func TestParseOp(t *testing.T) {
@@ -119,6 +121,37 @@ func FuzzParseOp(f *testing.F) {
 			}
 		default:
 			t.Fatalf("accepted op %q", op.Op)
+		}
+	})
+}
+
+// FuzzTopicPattern: ValidSub and Pattern agree with the topic rules: a
+// valid pattern's prefix extends to a valid topic (so it can match), a
+// valid plain topic is no pattern, and nothing valid is longer than a
+// topic plus its *.
+func FuzzTopicPattern(f *testing.F) {
+	for _, s := range []string{"*", "BTC-*", "BTC-USD", "a*b", "**", "", "x y*", strings.Repeat("a", tick.MaxTopicLen) + "*", strings.Repeat("a", tick.MaxTopicLen-1) + "*", "é*", "feeds/x:y.z_-*"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if !ValidSub(s) {
+			return
+		}
+		if len(s) > tick.MaxTopicLen+1 {
+			t.Fatalf("%q (%d bytes) is valid", s, len(s))
+		}
+		p, ok := Pattern(s)
+		if !ok {
+			if !tick.ValidTopic(s) {
+				t.Fatalf("%q is valid but neither a pattern nor a topic", s)
+			}
+			return
+		}
+		if p+"*" != s || strings.Contains(p, "*") {
+			t.Fatalf("pattern %q has prefix %q", s, p)
+		}
+		if !tick.ValidTopic(p + "a") {
+			t.Fatalf("pattern %q can match no topic: %q is not one", s, p+"a")
 		}
 	})
 }

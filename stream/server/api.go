@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
+	"sort"
 	"strconv"
 
 	"github.com/gofiber/fiber/v2"
@@ -16,16 +18,30 @@ import (
 	"github.com/tickstream/tickstream/stream/protocol"
 )
 
+// handleTopics answers a page of topics sorted by name: ?limit= (default
+// 1000, at most 10000) after the name ?after=. When more follow, the
+// X-Tickstream-Next header holds the after of the next page and a Link
+// header its URL.
 func (s *Server) handleTopics(c *fiber.Ctx) error {
 	claims, err := s.authenticate(c)
 	if err != nil {
 		return err
 	}
-	topics := s.bus.Topics()
-	if claims != nil {
-		topics = slices.DeleteFunc(topics, func(t stream.TopicInfo) bool { return !claims.CanRead(t.Topic) })
+	limit, err := queryInt(c, "limit", 1000, 1, 10_000)
+	if err != nil {
+		return err
 	}
-	return c.JSON(topics)
+	page, next := s.bus.TopicsAfter(c.Query("after"), int(limit))
+	if next != "" {
+		c.Set("X-Tickstream-Next", next)
+		c.Set(fiber.HeaderLink, fmt.Sprintf("</api/topics?limit=%d&after=%s>; rel=\"next\"", limit, url.QueryEscape(next)))
+	}
+	if claims != nil {
+		// A page holds only the topics the token may read (it may hold
+		// fewer than limit; the next cursor still pages on).
+		page = slices.DeleteFunc(page, func(t stream.TopicInfo) bool { return !claims.CanRead(t.Topic) })
+	}
+	return c.JSON(page)
 }
 
 // queryInt reads an optional whole-number query parameter within [lo, hi].
@@ -126,9 +142,21 @@ type publishResult struct {
 // Idempotency-Key header makes the whole request idempotent, a "mid" in a
 // tick that tick, within the producer's window (X-Producer-Id; see
 // idemStore).
+//
+// Who may publish is checked first: with auth on the token's publish
+// right, with auth off the peer's address (checkPublisher); then the
+// content type, then each new topic against the address's topic quota.
 func (s *Server) handlePublish(c *fiber.Ctx) error {
 	claims, err := s.authenticate(c)
 	if err != nil {
+		return err
+	}
+	if claims == nil {
+		if err := s.checkPublisher(c); err != nil {
+			return err
+		}
+	}
+	if err := s.checkPublishType(c); err != nil {
 		return err
 	}
 	producer, allowed, perr := s.authorizePublish(claims, c.Get("X-Producer-Id"))
@@ -154,32 +182,25 @@ func (s *Server) handlePublish(c *fiber.Ctx) error {
 		return apiError(c, fiber.StatusBadRequest, "empty", "send ticks as a JSON array or as NDJSON, one tick per line")
 	}
 	var items []json.RawMessage
-	var lines []int // NDJSON: the line of each item
-	if body[0] == '[' {
-		if err := json.Unmarshal(body, &items); err != nil {
-			return apiError(c, fiber.StatusBadRequest, "bad_json", "the body starts with [ but is not a JSON array: "+err.Error())
+	var lines []int // the line (or array position) of each item
+	res := publishResult{Refused: []refusedTick{}}
+	split := func(line int, raw []byte, err error) {
+		if err != nil {
+			res.Refused = append(res.Refused, refusedTick{Line: line, Code: protocol.CodeBadJSON, Error: err.Error()})
+			return
 		}
-	} else {
-		sc := bufio.NewScanner(bytes.NewReader(body))
-		sc.Buffer(make([]byte, 0, 64<<10), s.cfg.MaxPublishBytes)
-		for line := 1; sc.Scan(); line++ {
-			raw := bytes.TrimSpace(sc.Bytes())
-			if len(raw) == 0 {
-				continue
-			}
-			items = append(items, append(json.RawMessage(nil), raw...))
-			lines = append(lines, line)
-		}
+		items = append(items, raw)
+		lines = append(lines, line)
 	}
-	r := s.publishTicks(producer, allowed, batchMid, items)
-	res := publishResult{Accepted: r.Accepted, Duplicates: r.Duplicates, Refused: make([]refusedTick, 0, len(r.Refused)), Seqs: r.Seqs}
+	if err := ParsePublish(body, s.cfg.MaxPublishBytes, split); err != nil {
+		return apiError(c, fiber.StatusBadRequest, "bad_json", err.Error())
+	}
+	r := s.publishTicks(producer, allowed, c.IP(), batchMid, items)
+	res.Accepted, res.Duplicates, res.Seqs = r.Accepted, r.Duplicates, r.Seqs
 	for _, f := range r.Refused {
-		line := f.Index + 1
-		if lines != nil {
-			line = lines[f.Index]
-		}
-		res.Refused = append(res.Refused, refusedTick{Line: line, Code: f.Code, Error: f.Error})
+		res.Refused = append(res.Refused, refusedTick{Line: lines[f.Index], Code: f.Code, Error: f.Error})
 	}
+	sort.SliceStable(res.Refused, func(i, j int) bool { return res.Refused[i].Line < res.Refused[j].Line })
 	status := fiber.StatusOK
 	if res.Accepted == 0 && len(res.Refused) > 0 {
 		status = fiber.StatusBadRequest
@@ -188,6 +209,47 @@ func (s *Server) handlePublish(c *fiber.Ctx) error {
 		}
 	}
 	return c.Status(status).JSON(res)
+}
+
+// errTopicQuota refuses a tick for a new topic from an address that has
+// created MaxTopicsPerPublisher topics already.
+var errTopicQuota = errors.New(CodeTopicQuota)
+
+// ParsePublish splits a publish body, a JSON array of ticks or NDJSON (one
+// tick per line); fn gets each item's 1-based line (or array position)
+// and its raw JSON, or why that line cannot be one (too long). It returns
+// an error only for a body that starts with [ but is not a JSON array.
+// maxLine bounds an NDJSON line. Each item is then parsed like a tick of
+// a WebSocket publish (publishTicks), so both refuse the same way.
+func ParsePublish(body []byte, maxLine int, fn func(line int, raw []byte, err error)) error {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return nil
+	}
+	if body[0] == '[' {
+		var items []json.RawMessage
+		if err := json.Unmarshal(body, &items); err != nil {
+			return errors.New("the body starts with [ but is not a JSON array: " + err.Error())
+		}
+		for i, raw := range items {
+			fn(i+1, raw, nil)
+		}
+		return nil
+	}
+	sc := bufio.NewScanner(bytes.NewReader(body))
+	sc.Buffer(make([]byte, 0, min(64<<10, maxLine)), maxLine)
+	line := 1
+	for ; sc.Scan(); line++ {
+		raw := bytes.TrimSpace(sc.Bytes())
+		if len(raw) == 0 {
+			continue
+		}
+		fn(line, append([]byte(nil), raw...), nil)
+	}
+	if err := sc.Err(); err != nil {
+		fn(line, nil, fmt.Errorf("line too long: %w", err))
+	}
+	return nil
 }
 
 func (s *Server) handleFeeds(c *fiber.Ctx) error {

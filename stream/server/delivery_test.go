@@ -215,6 +215,7 @@ func TestWSPingFloodIsBounded(t *testing.T) {
 		bc.Heartbeat = time.Minute
 		sc.WriteTimeout = 2 * time.Second
 		sc.SendBufferBytes = 4096
+		sc.MaxMsgsPerSec = 1e9 // the queue bound is under test, not the rate limit
 	})
 	base := liveHeap()
 	conn := dialRawWS(t, e.addr, 4096)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -98,7 +99,10 @@ func (s *Server) handlePoll(c *fiber.Ctx) error {
 	if err := s.admit(c); err != nil {
 		return err
 	}
-	sub, err := s.open("poll", c.Context().Conn())
+	sub, err := s.open("poll", c.Context().Conn(), c.IP())
+	if errors.Is(err, errTooManyConns) {
+		return s.refuseRetry(c, fiber.StatusTooManyRequests, CodeTooManyConns, "too many open streams")
+	}
 	if err != nil {
 		return s.refuseRetry(c, fiber.StatusServiceUnavailable, "shutting_down", "server is shutting down")
 	}

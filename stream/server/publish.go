@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/tickstream/tickstream/feeds"
@@ -49,7 +50,24 @@ type seqSink interface {
 	PublishSeq(tick.Tick) (uint64, error)
 }
 
-func (s *Server) publishOne(t tick.Tick) (uint64, error) {
+// publishOne publishes t and returns its seq. A tick that would create a
+// topic first reserves it in quotaKey's topic quota.
+func (s *Server) publishOne(quotaKey string, t tick.Tick) (uint64, error) {
+	if quotaKey == "" || s.bus.HasTopic(t.Topic) {
+		return s.publishSeq(t)
+	}
+	if !s.quota.reserve(quotaKey, t.Topic) {
+		s.bus.Metrics().Limited(CodeTopicQuota)
+		return 0, fmt.Errorf("%w: this address created %d topics already (max_topics_per_publisher)", errTopicQuota, s.cfg.MaxTopicsPerPublisher)
+	}
+	seq, err := s.publishSeq(t)
+	if err != nil && !s.bus.HasTopic(t.Topic) {
+		s.quota.release(t.Topic)
+	}
+	return seq, err
+}
+
+func (s *Server) publishSeq(t tick.Tick) (uint64, error) {
 	if ss, ok := s.cfg.PublishSink.(seqSink); ok {
 		return ss.PublishSeq(t)
 	}
@@ -95,6 +113,9 @@ func refusalCode(err error) string {
 	if err == errBadMid {
 		return protocol.CodeBadMid
 	}
+	if errors.Is(err, errTopicQuota) {
+		return CodeTopicQuota
+	}
 	return protocol.TickErrorCode(err)
 }
 
@@ -106,8 +127,10 @@ func batchKey(mid string) string { return "b" + mid }
 // behind POST /api/publish and the publish op. Good ticks land even when
 // others are refused. A tick whose mid, or a batch whose mid
 // (batchMid, raw JSON, "" for none), the window still remembers is not
-// published again: it is answered with the original result.
-func (s *Server) publishTicks(producer string, allowed func(topic string) bool, batchMid json.RawMessage, items []json.RawMessage) *protocol.PublishResult {
+// published again: it is answered with the original result. allowed is
+// the producer's per-topic right (nil: any); quotaKey is the address whose
+// topic quota new topics count against ("" for none).
+func (s *Server) publishTicks(producer string, allowed func(topic string) bool, quotaKey string, batchMid json.RawMessage, items []json.RawMessage) *protocol.PublishResult {
 	unlock := s.idem.lock(producer)
 	defer unlock()
 	if len(batchMid) > 0 {
@@ -137,7 +160,7 @@ func (s *Server) publishTicks(producer string, allowed func(topic string) bool, 
 		}
 		var seq uint64
 		if err == nil {
-			seq, err = s.publishOne(t)
+			seq, err = s.publishOne(quotaKey, t)
 		}
 		if err != nil {
 			res.Refused = append(res.Refused, protocol.Refusal{Index: i, Code: refusalCode(err), Error: err.Error()})

@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
@@ -89,6 +91,44 @@ type Config struct {
 	// request may ask. Zero values mean 25 s and 60 s.
 	PollTimeout    time.Duration
 	MaxPollTimeout time.Duration
+
+	// PublishFrom is who may POST /api/publish while auth is off (see
+	// ParsePublishFrom). Zero value means loopback only.
+	PublishFrom PublishFrom
+	// AllowedOrigins are the browser origins that may open /ws and /sse
+	// and use /api across origins (CORS); see ParseOrigins. The request's
+	// own host is always allowed. Zero value means localhost.
+	AllowedOrigins Origins
+	// MaxConnsPerIP and MaxConns bound the open /ws and /sse streams per
+	// client address and in total. Zero values mean 256 and 20000.
+	MaxConnsPerIP int
+	MaxConns      int
+	// AcceptRatePerIP and AcceptBurstPerIP are each client address's own
+	// connection bucket, besides the global one. Zero values mean 20/s
+	// and a burst of 100.
+	AcceptRatePerIP  float64
+	AcceptBurstPerIP int
+	// MaxMsgsPerSec bounds the messages (and pings) a client sends per
+	// connection; past it each gets a rate_limited error, which spends
+	// the connection's error budget, so a client that keeps on is closed
+	// with 1008. The burst is twice the rate. Zero value means 50.
+	MaxMsgsPerSec float64
+	// MaxTopicsPerPublisher bounds the topics one client address may
+	// create through POST /api/publish. Zero value means 10000.
+	MaxTopicsPerPublisher int
+	// ReadTimeout bounds reading a request (its headers and body), so a
+	// client that sends headers a byte at a time (slowloris) is cut off.
+	// Zero value means 10 s.
+	ReadTimeout time.Duration
+	// DeadPeerTimeout is TCP_USER_TIMEOUT on accepted sockets: a peer that
+	// acknowledges nothing of what was written (a heartbeat at least) for
+	// this long is dropped. Zero value means the bus heartbeat, so a dead
+	// peer is noticed within two heartbeats; negative means the system's.
+	DeadPeerTimeout time.Duration
+	// TLSCertFile and TLSKeyFile, when set, serve HTTPS and WSS with this
+	// PEM pair, re-read when either file changes.
+	TLSCertFile string
+	TLSKeyFile  string
 }
 
 func (c *Config) setDefaults() error {
@@ -143,6 +183,36 @@ func (c *Config) setDefaults() error {
 	if c.MaxPollTimeout == 0 {
 		c.MaxPollTimeout = 60 * time.Second
 	}
+	if c.PublishFrom.isZero() {
+		c.PublishFrom.loopback = true
+	}
+	if !c.AllowedOrigins.parsed {
+		c.AllowedOrigins.localhost = true
+	}
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.MaxConnsPerIP, 256)
+	def(&c.MaxConns, 20_000)
+	def(&c.AcceptBurstPerIP, 100)
+	def(&c.MaxTopicsPerPublisher, 10_000)
+	if c.AcceptRatePerIP == 0 {
+		c.AcceptRatePerIP = 20
+	}
+	if c.MaxMsgsPerSec == 0 {
+		c.MaxMsgsPerSec = 50
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = 10 * time.Second
+	}
+	if c.DeadPeerTimeout == 0 {
+		c.DeadPeerTimeout = c.Bus.Config().Heartbeat
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return errors.New("server: TLS needs both a certificate and a key file")
+	}
 	return nil
 }
 
@@ -155,14 +225,17 @@ type Server struct {
 	accept *rate.Limiter
 
 	wsHandler fiber.Handler
+	clients   *clients    // per-address streams and connection buckets
+	quota     *topicQuota // topics created per publishing address
+	tls       *certReloader
 
 	draining atomic.Bool
 	mu       sync.Mutex
-	streams  map[*stream.Subscriber]net.Conn // open /ws and /sse streams: their sockets
-	sessions map[string]*stream.Subscriber   // SSE sessions by id
-	cursors  *cursorStore                    // SSE cursor logs
-	idem     *idemStore                      // recent publish ids
-	wg       sync.WaitGroup                  // stream handlers
+	streams  map[*stream.Subscriber]*streamInfo // open /ws and /sse streams
+	sessions map[string]*stream.Subscriber      // SSE sessions by id
+	cursors  *cursorStore                       // SSE cursor logs
+	idem     *idemStore                         // recent publish ids
+	wg       sync.WaitGroup                     // stream handlers
 
 	listeners []net.Listener // passed to Serve, closed by Shutdown; guarded by mu
 	silent    silentConns    // accepted connections that have sent nothing
@@ -182,17 +255,31 @@ func New(cfg Config) (*Server, error) {
 		bus:      cfg.Bus,
 		log:      cfg.Logger,
 		accept:   rate.NewLimiter(rate.Limit(cfg.AcceptRate), cfg.AcceptBurst),
-		streams:  make(map[*stream.Subscriber]net.Conn),
+		streams:  make(map[*stream.Subscriber]*streamInfo),
 		sessions: make(map[string]*stream.Subscriber),
 		cursors:  newCursorStore(),
 		idem:     newIdemStore(cfg.IdempotencyIDs, cfg.IdempotencyProducers, cfg.IdempotencyTotalIDs, cfg.IdempotencyTTL),
+		clients:  newClients(cfg.AcceptRatePerIP, cfg.AcceptBurstPerIP),
+		quota:    newTopicQuota(cfg.MaxTopicsPerPublisher),
 	}
+	if cfg.TLSCertFile != "" {
+		r, err := newCertReloader(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		s.tls = r
+	}
+	cfg.Bus.OnEvict(s.quota.release)
 	s.app = fiber.New(fiber.Config{
 		DisableStartupMessage: true,
 		BodyLimit:             cfg.MaxPublishBytes,
-		IdleTimeout:           2 * time.Minute,
-		ErrorHandler:          errorHandler,
-		AppName:               "tickstream",
+		ReadTimeout:           cfg.ReadTimeout,
+		// Only publish reads bodies, and only JSON: a multipart body is
+		// refused by its content type, never parsed.
+		DisablePreParseMultipartForm: true,
+		IdleTimeout:                  2 * time.Minute,
+		ErrorHandler:                 errorHandler,
+		AppName:                      "tickstream",
 	})
 	s.initWS()
 	s.routes()
@@ -204,6 +291,7 @@ func (s *Server) App() *fiber.App { return s.app }
 
 func (s *Server) routes() {
 	app := s.app
+	app.Use("/api", s.cors)
 	app.Get("/ws", s.wsUpgrade)
 	app.Get("/sse", s.handleSSE)
 	app.Get("/poll", s.handlePoll)
@@ -235,26 +323,39 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.listeners = append(s.listeners, ln)
 	s.mu.Unlock()
-	if s.cfg.SendBufferBytes > 0 {
-		ln = sendBufferListener{Listener: ln, size: s.cfg.SendBufferBytes}
+	ln = sockoptListener{Listener: ln, sendBuf: s.cfg.SendBufferBytes, userTimeout: s.cfg.DeadPeerTimeout}
+	ln = trackingListener{Listener: ln, t: &s.silent}
+	if s.tls != nil {
+		ln = tls.NewListener(ln, s.tls.config())
 	}
-	err := s.app.Listener(trackingListener{Listener: ln, t: &s.silent})
+	err := s.app.Listener(ln)
 	if s.draining.Load() {
 		return ErrServerClosed
 	}
 	return err
 }
 
-// sendBufferListener sets SO_SNDBUF on accepted TCP connections.
-type sendBufferListener struct {
+// sockoptListener sets SO_SNDBUF (when sendBuf > 0) and TCP_USER_TIMEOUT
+// (when userTimeout > 0; Linux only) on accepted TCP connections. The user
+// timeout drops a peer that acknowledges nothing written to it (the
+// heartbeats at least) for that long: a client whose machine or network
+// vanished without a FIN is noticed within two heartbeats instead of when
+// TCP's retransmissions give up, some 15 minutes later.
+type sockoptListener struct {
 	net.Listener
-	size int
+	sendBuf     int
+	userTimeout time.Duration
 }
 
-func (l sendBufferListener) Accept() (net.Conn, error) {
+func (l sockoptListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetWriteBuffer(l.size) // best effort: the kernel may clamp it
+		if l.sendBuf > 0 {
+			_ = tc.SetWriteBuffer(l.sendBuf) // best effort: the kernel may clamp it
+		}
+		if l.userTimeout > 0 {
+			_ = setUserTimeout(tc, l.userTimeout) // best effort
+		}
 	}
 	return c, err
 }
@@ -424,8 +525,8 @@ func shutdownGrace(ctx context.Context) time.Duration {
 func (s *Server) cutStreams() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, conn := range s.streams {
-		_ = conn.Close()
+	for _, st := range s.streams {
+		_ = st.conn.Close()
 	}
 }
 
@@ -439,21 +540,44 @@ func (s *Server) openStreams() []*stream.Subscriber {
 	return subs
 }
 
-// open registers a new stream connection, refusing it while draining.
-// conn is the connection as the handler sees it; the socket under it is
-// closed if the stream outlives Shutdown's grace period.
-func (s *Server) open(transport string, conn net.Conn) (*stream.Subscriber, error) {
+// streamInfo is what the server keeps of an open stream.
+type streamInfo struct {
+	conn net.Conn      // the socket under the stream
+	ip   string        // the client address (MaxConnsPerIP)
+	msgs *rate.Limiter // the client's messages (MaxMsgsPerSec)
+
+	mu     sync.Mutex // guards msgs' use and the drop budget
+	drops  float64    // messages dropped, leaking at MaxMsgsPerSec
+	dropAt time.Time  // when drops was last updated
+	toldAt time.Time  // when the client last got rate_limited
+}
+
+// errTooManyConns refuses a stream past MaxConnsPerIP or MaxConns.
+var errTooManyConns = errors.New("server: too many connections")
+
+// open registers a new stream connection from client address ip, refusing
+// it while draining (ErrServerClosed) or past the connection limits
+// (errTooManyConns). conn is the connection as the handler sees it; the
+// socket under it is closed if the stream outlives Shutdown's grace
+// period.
+func (s *Server) open(transport string, conn net.Conn, ip string) (*stream.Subscriber, error) {
+	if !s.clients.add(ip, s.cfg.MaxConnsPerIP, s.cfg.MaxConns) {
+		s.bus.Metrics().Limited(CodeTooManyConns)
+		return nil, errTooManyConns
+	}
 	sub, err := s.bus.NewSubscriber(transport)
 	if err != nil {
+		s.clients.done(ip)
 		return nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining.Load() {
 		sub.Close(protocol.DisconnectShutdown)
+		s.clients.done(ip)
 		return nil, ErrServerClosed
 	}
-	s.streams[sub] = socket(conn)
+	s.streams[sub] = &streamInfo{conn: socket(conn), ip: ip, msgs: rate.NewLimiter(rate.Limit(s.cfg.MaxMsgsPerSec), max(1, int(2*s.cfg.MaxMsgsPerSec)))}
 	if transport == "sse" {
 		s.sessions[sub.Session()] = sub
 	}
@@ -486,23 +610,90 @@ func socket(conn net.Conn) net.Conn {
 func (s *Server) closeStream(sub *stream.Subscriber) {
 	sub.Close(nil)
 	s.mu.Lock()
+	if st := s.streams[sub]; st != nil {
+		s.clients.done(st.ip)
+	}
 	delete(s.streams, sub)
 	delete(s.sessions, sub.Session())
 	s.mu.Unlock()
 	s.wg.Done()
 }
 
-// admit applies the draining state and the connection token bucket to a
-// new stream request. It returns a non-nil error response when refused.
+// admit applies the draining state, the allowed origins, the connection
+// limits and the connection buckets (the client address's, then the
+// global one) to a new stream request. It returns a non-nil error
+// response when refused.
 func (s *Server) admit(c *fiber.Ctx) error {
 	if s.draining.Load() {
 		return answered(s.refuseRetry(c, fiber.StatusServiceUnavailable, "shutting_down", "server is shutting down"))
 	}
+	if err := s.checkOrigin(c); err != nil {
+		return err
+	}
+	// An authorizer (auth on) is consulted here, before any bucket is spent.
+	ip := c.IP()
+	if n, total := s.clients.count(ip); n >= s.cfg.MaxConnsPerIP || total >= s.cfg.MaxConns {
+		s.bus.Metrics().Limited(CodeTooManyConns)
+		return answered(s.refuseRetry(c, fiber.StatusTooManyRequests, CodeTooManyConns,
+			fmt.Sprintf("too many open streams (at most %d per client address, %d in all)", s.cfg.MaxConnsPerIP, s.cfg.MaxConns)))
+	}
+	if !s.clients.allow(ip) {
+		s.bus.Metrics().Limited("accept_rate_per_ip")
+		return answered(s.refuseRetry(c, fiber.StatusTooManyRequests, CodeBusy, "too many new connections from this address; retry later"))
+	}
 	if !s.accept.Allow() {
-		return answered(s.refuseRetry(c, fiber.StatusServiceUnavailable, "busy", "too many new connections; retry later"))
+		s.bus.Metrics().Limited("accept_rate")
+		return answered(s.refuseRetry(c, fiber.StatusServiceUnavailable, CodeBusy, "too many new connections; retry later"))
 	}
 	return nil
 }
+
+// allowMsg takes a token from sub's message bucket. A message over the
+// rate is dropped; the client gets a rate_limited error (at most one a
+// second), and one that keeps on (its drops pass msgDropBudget× the rate,
+// leaking at the rate) is closed with 1008.
+func (s *Server) allowMsg(sub *stream.Subscriber) bool {
+	s.mu.Lock()
+	st := s.streams[sub]
+	s.mu.Unlock()
+	if st == nil {
+		return true
+	}
+	now := time.Now()
+	st.mu.Lock()
+	if st.msgs.AllowN(now, 1) {
+		st.mu.Unlock()
+		return true
+	}
+	r := s.cfg.MaxMsgsPerSec
+	if !st.dropAt.IsZero() {
+		st.drops = max(0, st.drops-now.Sub(st.dropAt).Seconds()*r)
+	}
+	st.dropAt = now
+	st.drops++
+	over := st.drops > max(msgDropBudget*r, 10)
+	tell := now.Sub(st.toldAt) >= time.Second
+	if tell {
+		st.toldAt = now
+	}
+	st.mu.Unlock()
+	s.bus.Metrics().Limited(protocol.CodeRateLimited)
+	switch {
+	case over:
+		sub.Close(disconnectRate)
+	case tell:
+		sub.Send(protocol.TypeError, protocol.EncodeError(nil, protocol.CodeRateLimited,
+			fmt.Sprintf("more than %g messages per second: messages are being dropped", r)))
+	}
+	return false
+}
+
+// msgDropBudget is how many seconds' worth of messages over the rate a
+// client may send before it is closed.
+const msgDropBudget = 5
+
+// disconnectRate closes a client that keeps sending over max_msgs_per_sec.
+var disconnectRate = &protocol.Disconnect{Code: 1008, Reason: "message rate limit exceeded"}
 
 // errAnswered tells a handler that a helper has already written the error
 // response: the handler returns it, and errorHandler leaves the response be.

@@ -150,8 +150,10 @@ func (s *Server) streamRequest(c *fiber.Ctx, cursor, cursorName string) (req str
 	sort.Strings(cursorTopics)
 	req.Topics = append(req.Topics, cursorTopics...)
 	req.Resume = resume
-	if max := s.bus.Config().MaxTopicsPerSubscriber; len(req.Topics) > max {
-		return req, expired, answered(sseError(c, fiber.StatusBadRequest, protocol.CodeTooManyTopics, fmt.Sprintf("at most %d topics per stream", max)))
+	// Patterns count one plus each topic they deliver now, as a
+	// subscribe counts them: the stream is refused before it starts.
+	if max := s.bus.Config().MaxTopicsPerSubscriber; len(req.Topics) > max || len(req.Topics)+s.bus.CountMatching(patterns, named) > max {
+		return req, expired, answered(sseError(c, fiber.StatusBadRequest, protocol.CodeTooManyTopics, fmt.Sprintf("at most %d topics per stream (each pattern counts, and so does each topic it delivers)", max)))
 	}
 	return req, expired, nil
 }
@@ -174,7 +176,10 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 	if err := s.admit(c); err != nil {
 		return err
 	}
-	sub, err := s.open("sse", c.Context().Conn())
+	sub, err := s.open("sse", c.Context().Conn(), c.IP())
+	if errors.Is(err, errTooManyConns) {
+		return s.refuseRetry(c, fiber.StatusTooManyRequests, CodeTooManyConns, "too many open streams")
+	}
 	if err != nil {
 		return s.refuseRetry(c, fiber.StatusServiceUnavailable, "shutting_down", "server is shutting down")
 	}
@@ -233,7 +238,15 @@ func (s *Server) handleSSEControl(c *fiber.Ctx) error {
 	if sub == nil {
 		return apiError(c, fiber.StatusNotFound, "unknown_session", "no live SSE stream with that session; open /sse first and use the session from its welcome event")
 	}
+	if err := s.checkOrigin(c); err != nil {
+		return err
+	}
+	// An authorizer (auth on) is consulted here for the session's owner.
+	if !s.allowMsg(sub) {
+		return apiError(c, fiber.StatusTooManyRequests, protocol.CodeRateLimited, fmt.Sprintf("more than %g messages per second on this stream", s.cfg.MaxMsgsPerSec))
+	}
 	if len(c.Body()) > s.cfg.MaxFrameBytes {
+		s.bus.Metrics().Limited(protocol.CodeFrameTooLarge)
 		return apiError(c, fiber.StatusRequestEntityTooLarge, protocol.CodeFrameTooLarge, fmt.Sprintf("at most %d bytes", s.cfg.MaxFrameBytes))
 	}
 	if op, ok := parseRefresh(c.Body()); ok {

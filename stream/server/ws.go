@@ -111,7 +111,13 @@ func (s *Server) serveWS(c *websocket.Conn) {
 	// conn.Close only closes fasthttp's hijacked wrapper, which does
 	// nothing: a stuck writer is cut off by closing the socket itself.
 	sock := socket(conn.NetConn())
-	sub, err := s.open("ws", sock)
+	ip := c.IP()
+	sub, err := s.open("ws", sock, ip)
+	if errors.Is(err, errTooManyConns) {
+		// admit let it in, but others took the room during the handshake.
+		s.closeWS(conn, &protocol.Disconnect{Code: fastws.CloseTryAgainLater, Reason: "too many connections"})
+		return
+	}
 	if err != nil {
 		s.closeWS(conn, &protocol.Disconnect{Code: fastws.CloseGoingAway, Reason: "server shutting down"})
 		return
@@ -129,6 +135,22 @@ func (s *Server) serveWS(c *websocket.Conn) {
 	extend()
 	conn.SetReadLimit(wsReadLimit)
 	conn.SetPongHandler(func(string) error { extend(); return nil })
+	// Pings count as messages: a ping flood gets rate_limited, then 1008.
+	conn.SetPingHandler(func(data string) error {
+		extend()
+		if !s.allowMsg(sub) {
+			return nil
+		}
+		err := conn.WriteControl(fastws.PongMessage, []byte(data), time.Now().Add(s.cfg.WriteTimeout))
+		if errors.Is(err, fastws.ErrCloseSent) {
+			return nil
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil
+		}
+		return err
+	})
 
 	writerDone := make(chan struct{})
 	go func() {
@@ -153,15 +175,21 @@ func (s *Server) serveWS(c *websocket.Conn) {
 		_ = conn.SetReadDeadline(time.Now().Add(time.Second))
 	}()
 
-	pub := &wsPublisher{s: s, sub: sub}
+	pub := &wsPublisher{s: s, sub: sub, ip: ip}
 	for {
 		typ, msg, err := conn.ReadMessage()
 		if err != nil {
+			if errors.Is(err, fastws.ErrReadLimit) { // the library closed it with 1009
+				s.bus.Metrics().Limited("frame_hard_cap")
+			}
 			break
 		}
 		extend()
 		switch {
+		case !s.allowMsg(sub):
+			// dropped; the client got rate_limited
 		case len(msg) > s.cfg.MaxFrameBytes:
+			s.bus.Metrics().Limited(protocol.CodeFrameTooLarge)
 			sub.Refuse(nil, protocol.CodeFrameTooLarge, "message of "+strconv.Itoa(len(msg))+" bytes; at most "+strconv.Itoa(s.cfg.MaxFrameBytes))
 		case typ != fastws.TextMessage:
 			sub.Refuse(nil, protocol.CodeBadJSON, "binary frames are not supported; send JSON text frames")
@@ -200,6 +228,7 @@ func isPublish(msg []byte) bool { return bytes.Contains(msg, publishOp) }
 type wsPublisher struct {
 	s    *Server
 	sub  *stream.Subscriber
+	ip   string // the client's address: its topic quota
 	jobs chan []byte
 	done chan struct{}
 }
@@ -243,7 +272,7 @@ func (p *wsPublisher) run() {
 			p.sub.Refuse(op.ID, perr.Code, perr.Message)
 			continue
 		}
-		res := p.s.publishTicks(producer, allowed, op.Mid, op.Ticks)
+		res := p.s.publishTicks(producer, allowed, p.ip, op.Mid, op.Ticks)
 		p.sub.Send(protocol.TypeAck, protocol.EncodePublishAck(op.ID, res))
 	}
 }

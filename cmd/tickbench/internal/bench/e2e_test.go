@@ -25,7 +25,8 @@ func startTickstream(t *testing.T) string {
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := app.LoadSettings([]string{"--config", cfgPath, "--accept-rate", "10000", "--accept-burst", "10000", "--shutdown-timeout-ms", "3000", "--data-dir", ""},
+	s, err := app.LoadSettings([]string{"--config", cfgPath, "--accept-rate", "10000", "--accept-burst", "10000",
+		"--accept-rate-per-ip", "10000", "--accept-burst-per-ip", "10000", "--max-conns-per-ip", "100000", "--shutdown-timeout-ms", "3000", "--data-dir", ""},
 		func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatalf("settings: %v", err)
