@@ -297,6 +297,7 @@ func TestHTTPPublishIdempotency(t *testing.T) {
 	post := func(key, producer, body string) (int, string) {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodPost, e.url("/api/publish"), strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
 		if key != "" {
 			req.Header.Set("Idempotency-Key", key)
 		}
