@@ -476,6 +476,8 @@ func TestWatchlistAndLayoutPersist(t *testing.T) {
 		const o = [...document.querySelectorAll('#rows tr')].map((r) => r.dataset.topic);
 		return o[0] === 'SOL-USD' && !o.includes('NVDA') && !!document.querySelector('#rows tr[data-topic="SOL-USD"] .star');
 	})()`)
+	// The subscriptions follow once the new connection is live.
+	b.waitFor(t, "both watched symbols subscribed", 10*time.Second, `(() => { const s = __tickstream.subscribed(); return s.includes('NVDA') && s.includes('SOL-USD'); })()`)
 	var st struct {
 		Filter, Sort string
 		Subs         []string

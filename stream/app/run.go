@@ -150,6 +150,7 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		AcceptRatePerIP:       s.AcceptRatePerIP,
 		AcceptBurstPerIP:      s.AcceptBurstPerIP,
 		MaxMsgsPerSec:         s.MaxMsgsPerSec,
+		MaxPublishPerSec:      s.MaxPublishPerSec,
 		ReadTimeout:           ms(s.ReadTimeoutMS),
 		TLSCertFile:           s.TLSCert,
 		TLSKeyFile:            s.TLSKey,

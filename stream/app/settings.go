@@ -67,7 +67,8 @@ type Settings struct {
 	MaxConns              int     `yaml:"max_conns" help:"open /ws and /sse streams in all" default:"20000" min:"1" max:"10000000"`
 	AcceptRatePerIP       float64 `yaml:"accept_rate_per_ip" help:"new /ws and /sse connections per second per client address (token bucket)" default:"20" min:"0.01" max:"1000000"`
 	AcceptBurstPerIP      int     `yaml:"accept_burst_per_ip" help:"per-address token bucket size" default:"100" min:"1" max:"1000000"`
-	MaxMsgsPerSec         float64 `yaml:"max_msgs_per_sec" help:"client messages (and pings) per second per connection; past it rate_limited, then 1008" default:"50" min:"0.1" max:"1000000"`
+	MaxMsgsPerSec         float64 `yaml:"max_msgs_per_sec" help:"client messages (and pings) per second per connection, publish ops aside; past it rate_limited, then 1008" default:"50" min:"0.1" max:"1000000"`
+	MaxPublishPerSec      float64 `yaml:"max_publish_per_sec" help:"publish ops per second per WebSocket connection; past it the server reads that connection's next publish later (back-pressure, nothing dropped)" default:"1000" min:"0.1" max:"1000000"`
 	ReadTimeoutMS         int     `yaml:"read_timeout_ms" help:"time to read a request's headers and body (slowloris)" default:"10000" min:"100" max:"600000"`
 	TLSCert               string  `yaml:"tls_cert" help:"PEM certificate (chain) file: serve HTTPS and WSS; re-read when it changes" default:""`
 	TLSKey                string  `yaml:"tls_key" help:"PEM private key file for tls_cert" default:""`

@@ -113,6 +113,11 @@ type Config struct {
 	// the connection's error budget, so a client that keeps on is closed
 	// with 1008. The burst is twice the rate. Zero value means 50.
 	MaxMsgsPerSec float64
+	// MaxPublishPerSec paces a WebSocket connection's publish ops, which
+	// MaxMsgsPerSec leaves aside: past it the reader waits before taking
+	// the next publish, so the producer is slowed by TCP, never refused.
+	// The burst is twice the rate. Zero value means 1000.
+	MaxPublishPerSec float64
 	// MaxTopicsPerPublisher bounds the topics one client address may
 	// create through POST /api/publish. Zero value means 10000.
 	MaxTopicsPerPublisher int
@@ -203,6 +208,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxMsgsPerSec == 0 {
 		c.MaxMsgsPerSec = 50
+	}
+	if c.MaxPublishPerSec == 0 {
+		c.MaxPublishPerSec = 1000
 	}
 	if c.ReadTimeout == 0 {
 		c.ReadTimeout = 10 * time.Second

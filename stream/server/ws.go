@@ -12,6 +12,7 @@ import (
 	fastws "github.com/fasthttp/websocket"
 	"github.com/gofiber/contrib/websocket"
 	"github.com/gofiber/fiber/v2"
+	"golang.org/x/time/rate"
 
 	"github.com/tickstream/tickstream/stream"
 	"github.com/tickstream/tickstream/stream/auth"
@@ -176,6 +177,7 @@ func (s *Server) serveWS(c *websocket.Conn) {
 	}()
 
 	pub := &wsPublisher{s: s, sub: sub, ip: ip}
+	pubPace := rate.NewLimiter(rate.Limit(s.cfg.MaxPublishPerSec), max(1, int(2*s.cfg.MaxPublishPerSec)))
 	for {
 		typ, msg, err := conn.ReadMessage()
 		if err != nil {
@@ -186,6 +188,13 @@ func (s *Server) serveWS(c *websocket.Conn) {
 		}
 		extend()
 		switch {
+		case typ == fastws.TextMessage && len(msg) <= s.cfg.MaxFrameBytes && isPublish(msg):
+			// Publishes are paced, not refused: the reader waits for the
+			// publish bucket, and for room in the publisher's queue, so
+			// TCP slows the producer down (docs/protocol.md).
+			_ = pubPace.Wait(context.Background())
+			pub.enqueue(msg)
+			extend() // the wait for room is not the client's silence
 		case !s.allowMsg(sub):
 			// dropped; the client got rate_limited
 		case len(msg) > s.cfg.MaxFrameBytes:
@@ -193,9 +202,6 @@ func (s *Server) serveWS(c *websocket.Conn) {
 			sub.Refuse(nil, protocol.CodeFrameTooLarge, "message of "+strconv.Itoa(len(msg))+" bytes; at most "+strconv.Itoa(s.cfg.MaxFrameBytes))
 		case typ != fastws.TextMessage:
 			sub.Refuse(nil, protocol.CodeBadJSON, "binary frames are not supported; send JSON text frames")
-		case isPublish(msg):
-			pub.enqueue(msg)
-			extend() // the wait for room is not the client's silence
 		default:
 			if op, ok := parseRefresh(msg); ok {
 				s.refreshWS(sub, ca, op)
