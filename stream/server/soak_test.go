@@ -130,13 +130,15 @@ func TestSoak(t *testing.T) {
 	})
 	// Back to the start: the long-lived client only.
 	var endG int
-	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+	// (fasthttp's idle workers end after 10 s.)
+	checkFor(t, 40*time.Second, 50*time.Millisecond, func() error {
 		endG = runtime.NumGoroutine()
 		if n := e.bus.Subscribers(); n != 1 {
 			return fmt.Errorf("%d subscribers", n)
 		}
 		if endG > baseG+2 {
-			return fmt.Errorf("%d goroutines, baseline %d", endG, baseG)
+			buf := make([]byte, 1<<20)
+			return fmt.Errorf("%d goroutines, baseline %d:\n%s", endG, baseG, buf[:runtime.Stack(buf, true)])
 		}
 		return nil
 	})
