@@ -59,6 +59,12 @@ type BusConfig struct {
 	// (see Store). NewBus loads it; the caller closes it after Close.
 	// Zero value means memory only: a restart starts a new epoch.
 	Store Store
+	// Forward, if set, makes the bus one node of a cluster: Publish
+	// hands each validated tick to it instead of folding it, and the
+	// cluster folds every node's ticks through Apply (see Forwarder).
+	// Epoch must then be the cluster's. Zero value means in-process
+	// sequencing (Sequencer).
+	Forward Forwarder
 	// Now is the clock. Zero value means time.Now.
 	Now func() time.Time
 	// Metrics receives the bus's metrics. Zero value means unregistered
@@ -264,6 +270,9 @@ func (b *Bus) publish(tk tick.Tick, in, refused prometheus.Counter) (uint64, err
 	now := b.cfg.Now()
 	if tk.TS == 0 {
 		tk.TS = now.UnixMilli()
+	}
+	if b.cfg.Forward != nil {
+		return b.forward(&tk, now, in, refused)
 	}
 	t, err := b.topicFor(tk.Topic)
 	if err != nil {
