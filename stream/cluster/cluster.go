@@ -370,6 +370,11 @@ func (n *Node) Forward(tk *tick.Tick, accepted time.Time) (uint64, error) {
 	if n.closed.Load() {
 		return 0, stream.ErrClosed
 	}
+	if !n.nc.IsConnected() {
+		// Fail now rather than buffer blind: a feed restarts with backoff,
+		// an HTTP publish is refused with the reason.
+		return 0, fmt.Errorf("cluster: not connected to NATS (%s)", n.nc.Status())
+	}
 	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
 	defer cancel()
 	subj := n.subject(tk.Topic)
@@ -551,8 +556,10 @@ func (n *Node) hold(ctx context.Context, feed, key string, rev uint64) (context.
 				return
 			case <-t.C:
 			}
+			rctx, cancel := context.WithTimeout(held, every)
 			revMu.Lock()
-			r, err := n.leases.Update(held, key, []byte(n.cfg.Name), rev)
+			r, err := n.leases.Update(rctx, key, []byte(n.cfg.Name), rev)
+			cancel()
 			if err == nil {
 				rev, last = r, time.Now()
 			}
@@ -578,7 +585,7 @@ func (n *Node) hold(ctx context.Context, feed, key string, rev uint64) (context.
 			revMu.Unlock()
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			if !n.nc.IsClosed() {
+			if n.nc.IsConnected() {
 				_ = n.leases.Delete(ctx, key, jetstream.LastRevision(r))
 			}
 		})
