@@ -310,6 +310,14 @@ func TestRestartEveryNode(t *testing.T) {
 	cur := c1.Cursors()
 	c1.Close()
 	b.publish(t, "CL-RST", 60, 70, base) // the client misses these
+	feedtest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		for _, n := range []*node{a, b} { // the acks come before the fold
+			if seq, _ := n.seqOf(t, "CL-RST"); seq != 70 {
+				return fmt.Errorf("%s at seq %d", n.name, seq)
+			}
+		}
+		return nil
+	})
 	before := apiState(t, b, "CL-RST")
 	for _, n := range []*node{a, b} {
 		if err := n.stop(); err != nil {
