@@ -664,7 +664,7 @@ func (s *Supervisor) Statuses() []Status {
 
 // Ready reports whether ticks flow from every configured feed: each is
 // running (not degraded) or has finished, or is down with its backup
-// running. Standby
+// running, or waits for its lease (another node runs it). Standby
 // backups and external feeds do not count. It is false before Start.
 func (s *Supervisor) Ready() bool {
 	s.mu.Lock()

@@ -2,7 +2,11 @@ package cluster_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -10,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tickstream/tickstream/feeds/feedtest"
+	"github.com/tickstream/tickstream/stream/app"
 	"github.com/tickstream/tickstream/stream/client"
 	"github.com/tickstream/tickstream/stream/cluster"
 )
@@ -378,5 +383,29 @@ func TestSubject(t *testing.T) {
 		if got := cluster.Subject(topic); got != want {
 			t.Errorf("Subject(%q) = %q, want %q", topic, got, want)
 		}
+	}
+}
+
+// A NATS URL that cannot be reached stops start-up with an error naming
+// the setting.
+func TestUnreachableNATSNamesTheSetting(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "nats://" + ln.Addr().String()
+	ln.Close() // nothing listens there now
+	s, err := app.LoadSettings([]string{"--nats", dead, "--data-dir", ""}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = app.RunListener(context.Background(), s, srv, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var se *app.SettingError
+	if !errors.As(err, &se) || se.Setting != "nats" {
+		t.Fatalf("RunListener: %v, want a SettingError naming nats", err)
 	}
 }
