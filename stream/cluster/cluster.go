@@ -356,7 +356,7 @@ func (n *Node) fold(msg jetstream.Msg) {
 		st.obsStreamSeq, st.obsSeq = meta.Sequence.Stream, seq
 	}
 	st.obsMu.Unlock()
-	if _, err := n.bus.Apply(tk, seq, acc); err != nil {
+	if _, err := n.bus.Apply(tk, seq, acc); err != nil && !errors.Is(err, stream.ErrClosed) {
 		n.log.Warn("cluster: tick refused by the bus", "topic", tk.Topic, "seq", seq, "err", err)
 	}
 }

@@ -289,18 +289,36 @@ func TestFeedMovesWhenItsNodeDies(t *testing.T) {
 	_ = a.stop() // its NATS is gone: how it stops does not matter here
 }
 
-// Every node stops, then new nodes start (with no data directory: all
-// they have is the cluster's JetStream log): the epoch, history and
-// candles are as before, and a client resumes with its old cursor.
+// Every node stops, then every node starts again: the epoch, history and
+// candles are as before, and a client resumes with its old cursor. In
+// memory, all the new nodes have is the cluster's JetStream log; with a
+// data directory, each also loads its own store and folds only the
+// stream's newer ticks.
 func TestRestartEveryNode(t *testing.T) {
+	for _, withStore := range []bool{false, true} {
+		t.Run(fmt.Sprintf("data_dir=%v", withStore), func(t *testing.T) { testRestartEveryNode(t, withStore) })
+	}
+}
+
+func testRestartEveryNode(t *testing.T, withStore bool) {
 	url := startNATS(t)
-	a := startNode(t, "a", url, "", quietFeeds)
-	b := startNode(t, "b", url, "", quietFeeds)
+	dirA, dirB := "", ""
+	if withStore {
+		dirA, dirB = t.TempDir(), t.TempDir()
+	}
+	a := startNode(t, "a", url, dirA, quietFeeds)
+	b := startNode(t, "b", url, dirB, quietFeeds)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	base := time.Now().Add(-time.Hour).UnixMilli()
 	a.publish(t, "CL-RST", 0, 40, base)
 	b.publish(t, "CL-RST", 40, 60, base)
+	feedtest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		if seq, _ := a.seqOf(t, "CL-RST"); seq != 60 { // acks come before the fold
+			return fmt.Errorf("A at seq %d", seq)
+		}
+		return nil
+	})
 
 	c1, err := client.Dial(ctx, wsURL(a), nil)
 	if err != nil {
@@ -330,8 +348,8 @@ func TestRestartEveryNode(t *testing.T) {
 		}
 	}
 
-	a2 := startNode(t, "a2", url, "", quietFeeds)
-	b2 := startNode(t, "b2", url, "", quietFeeds)
+	a2 := startNode(t, "a2", url, dirA, quietFeeds)
+	b2 := startNode(t, "b2", url, dirB, quietFeeds)
 	for _, n := range []*node{a2, b2} {
 		if after := apiState(t, n, "CL-RST"); !maps(before, after) {
 			t.Fatalf("%s after the restart:\n%v\nbefore:\n%v", n.name, after, before)
