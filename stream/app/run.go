@@ -163,6 +163,7 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		MaxFrameBytes:    s.MaxFrameBytes,
 		SendBufferBytes:  sendBufferSetting(s.SendBufferBytes),
 		Auth:             authz,
+		CursorShare:      cursorShare(node),
 	})
 	if err != nil {
 		ln.Close()
@@ -301,6 +302,13 @@ func forwarder(n *cluster.Node) stream.Forwarder {
 }
 
 func lease(n *cluster.Node) feeds.Lease {
+	if n == nil {
+		return nil
+	}
+	return n
+}
+
+func cursorShare(n *cluster.Node) server.CursorShare {
 	if n == nil {
 		return nil
 	}

@@ -37,6 +37,16 @@
 // node; candles older than the retained ticks come from the node's own
 // store (stream/store) when it has a data directory.
 //
+// # SSE reference cursors
+//
+// Node.Put and Node.Get implement server.CursorShare with the KV bucket
+// Config.Bucket+"_cursors" (entries live CursorTTL), so that an SSE
+// stream's @stream.event id resolves on any node: a node puts a
+// reference-form stream's cursor log when the stream ends and, while it
+// runs, with a write at most once a second; after a crash, the ids written
+// since the last put resolve nowhere else (such a reconnect starts afresh
+// with bad_resume).
+//
 // # Feed leases
 //
 // Node.Acquire implements feeds.Lease with a KV bucket whose entries live
@@ -136,7 +146,7 @@ func (c *Config) setDefaults() {
 func Subject(topic string) string { return strings.ReplaceAll(topic, ".", "~") }
 
 // Node is one tickstream node's membership in the cluster. It implements
-// stream.Forwarder and feeds.Lease.
+// stream.Forwarder, feeds.Lease and server.CursorShare.
 type Node struct {
 	cfg    Config
 	log    *slog.Logger
@@ -148,6 +158,14 @@ type Node struct {
 
 	mu     sync.Mutex
 	topics map[string]*pubState
+
+	cursors     jetstream.KeyValue
+	cursorMu    sync.Mutex
+	cursorQ     map[string][]byte // puts not yet written, latest per stream
+	cursorKick  chan struct{}
+	cursorStop  chan struct{}
+	cursorDone  chan struct{}
+	cursorsLost atomic.Uint64 // puts dropped: the queue was full
 
 	bus     *stream.Bus
 	cc      jetstream.ConsumeContext
@@ -228,12 +246,96 @@ func (n *Node) open(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cluster: bucket %s_leases: %w", n.cfg.Bucket, err)
 	}
+	n.cursors, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: n.cfg.Bucket + "_cursors", Description: "tickstream SSE reference cursor logs", Replicas: n.cfg.Replicas, TTL: CursorTTL, Storage: jetstream.FileStorage})
+	if err != nil {
+		return fmt.Errorf("cluster: bucket %s_cursors: %w", n.cfg.Bucket, err)
+	}
 	info, err := str.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("cluster: stream %s: %w", n.cfg.Stream, err)
 	}
 	n.epoch, err = clusterEpoch(ctx, meta, info.Created.UnixNano(), n.log)
-	return err
+	if err != nil {
+		return err
+	}
+	n.cursorQ = make(map[string][]byte)
+	n.cursorKick, n.cursorStop, n.cursorDone = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
+	go n.writeCursors()
+	return nil
+}
+
+// CursorTTL is how long a shared SSE cursor log lives after its last put
+// (a node keeps its own ended streams' logs as long).
+const CursorTTL = 2 * time.Minute
+
+// maxCursorQueue bounds the streams whose cursor puts wait for the writer.
+const maxCursorQueue = 1024
+
+func cursorKey(stream string) string {
+	return "sse." + base64.RawURLEncoding.EncodeToString([]byte(stream))
+}
+
+// Put implements server.CursorShare: it queues the log for the writer
+// goroutine (a newer put of the same stream replaces a queued one) and
+// never waits.
+func (n *Node) Put(stream string, data []byte) {
+	n.cursorMu.Lock()
+	if _, queued := n.cursorQ[stream]; !queued && len(n.cursorQ) >= maxCursorQueue {
+		n.cursorMu.Unlock()
+		n.cursorsLost.Add(1)
+		return
+	}
+	n.cursorQ[stream] = data
+	n.cursorMu.Unlock()
+	select {
+	case n.cursorKick <- struct{}{}:
+	default:
+	}
+}
+
+// Get implements server.CursorShare.
+func (n *Node) Get(stream string) ([]byte, bool) {
+	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Second)
+	defer cancel()
+	e, err := n.cursors.Get(ctx, cursorKey(stream))
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			n.log.Warn("cluster: reading a shared SSE cursor", "stream", stream, "err", err)
+		}
+		return nil, false
+	}
+	return e.Value(), true
+}
+
+// writeCursors writes queued cursor puts until Close, then what is left.
+func (n *Node) writeCursors() {
+	defer close(n.cursorDone)
+	for {
+		stop := false
+		select {
+		case <-n.cursorKick:
+		case <-n.cursorStop:
+			stop = true
+		}
+		n.cursorMu.Lock()
+		q := n.cursorQ
+		n.cursorQ = make(map[string][]byte)
+		n.cursorMu.Unlock()
+		for stream, data := range q {
+			if !n.nc.IsConnected() {
+				n.cursorsLost.Add(1)
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			if _, err := n.cursors.Put(ctx, cursorKey(stream), data); err != nil {
+				n.log.Warn("cluster: sharing an SSE cursor", "stream", stream, "err", err)
+			}
+			cancel()
+		}
+		if stop {
+			return
+		}
+	}
 }
 
 // epochRecord is the value of the "epoch" key.
@@ -455,6 +557,8 @@ func (n *Node) Close() {
 		n.cc.Stop()
 		<-n.cc.Closed()
 	}
+	close(n.cursorStop) // the ended streams' logs are written first
+	<-n.cursorDone
 	n.cancel()
 	n.wg.Wait()
 	n.nc.Close()
