@@ -56,6 +56,21 @@ type SupervisorConfig struct {
 	// mean 10 s and 10.
 	DegradedWindow time.Duration
 	DegradedMin    int
+	// Lease, if set, makes each feed run once per cluster: the supervisor
+	// runs a feed only while it holds the feed's lease, and waits for it
+	// (the feed shows as standby, and counts as ready: another node runs
+	// it) otherwise. Zero value means every feed runs here.
+	Lease Lease
+}
+
+// Lease is a cluster-wide lock per feed (see SupervisorConfig.Lease;
+// stream/cluster implements it in a NATS KV bucket).
+type Lease interface {
+	// Acquire blocks until this process holds feed's lease, or returns
+	// ctx's error when ctx ends first. held ends when the lease is lost
+	// (or ctx ends); release gives the lease up and must be called once
+	// the feed has stopped.
+	Acquire(ctx context.Context, feed string) (held context.Context, release func(), err error)
 }
 
 // Supervisor runs feeds: one goroutine per running feed, each restarted
@@ -145,6 +160,7 @@ type feedRun struct {
 	failures int
 	covering map[*feedRun]bool // for a backup: primaries now down
 	active   bool              // for a primary: its backup is covering it
+	leaseOut bool              // waiting for the lease: another node runs it
 	cancel   context.CancelFunc
 	done     chan struct{} // closed when the feed's loop has returned
 }
@@ -400,6 +416,18 @@ func (s *Supervisor) loop(ctx context.Context, f *feedRun, prev <-chan struct{},
 		}
 	}
 	for {
+		runCtx, release := ctx, func() {}
+		if s.cfg.Lease != nil {
+			s.setState(f, func() { f.state, f.leaseOut = StateStandby, true })
+			held, rel, err := s.cfg.Lease.Acquire(ctx, f.name)
+			s.setState(f, func() { f.leaseOut = false })
+			if err != nil {
+				s.exit(f)
+				return
+			}
+			s.log.Info("feed lease acquired", "feed", f.name)
+			runCtx, release = held, rel
+		}
 		s.setState(f, func() {
 			// A failed feed stays failed until it is up again.
 			switch {
@@ -415,7 +443,7 @@ func (s *Supervisor) loop(ctx context.Context, f *feedRun, prev <-chan struct{},
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			errc <- s.runOnce(ctx, f)
+			errc <- s.runOnce(runCtx, f)
 		}()
 		healthy := time.NewTimer(s.cfg.HealthyAfter)
 		var err error
@@ -432,9 +460,16 @@ func (s *Supervisor) loop(ctx context.Context, f *feedRun, prev <-chan struct{},
 		}
 		healthy.Stop()
 		f.waitingTick.Store(false)
+		release()
 		if ctx.Err() != nil {
 			s.exit(f)
 			return
+		}
+		if runCtx.Err() != nil {
+			// The lease was lost (another node runs the feed now): wait
+			// for it again, without counting a failure.
+			s.log.Warn("feed lease lost", "feed", f.name)
+			continue
 		}
 		if err == nil || errors.Is(err, ErrClosed) {
 			// Finished, or the bus is closed: either way the feed ends.
@@ -629,7 +664,7 @@ func (s *Supervisor) Statuses() []Status {
 
 // Ready reports whether ticks flow from every configured feed: each is
 // running (not degraded) or has finished, or is down with its backup
-// running. Standby
+// running, or waits for its lease (another node runs it). Standby
 // backups and external feeds do not count. It is false before Start.
 func (s *Supervisor) Ready() bool {
 	s.mu.Lock()
@@ -645,6 +680,7 @@ func (s *Supervisor) Ready() bool {
 		switch st := s.stateLocked(f, now); {
 		case st == StateRunning || st == StateStopped:
 		case f.active && s.stateLocked(f.backup, now) == StateRunning:
+		case f.leaseOut: // another node holds its lease and runs it
 		default:
 			return false
 		}

@@ -59,6 +59,12 @@ type BusConfig struct {
 	// (see Store). NewBus loads it; the caller closes it after Close.
 	// Zero value means memory only: a restart starts a new epoch.
 	Store Store
+	// Forward, if set, makes the bus one node of a cluster: Publish
+	// hands each validated tick to it instead of folding it, and the
+	// cluster folds every node's ticks through Apply (see Forwarder).
+	// Epoch must then be the cluster's. Zero value means in-process
+	// sequencing (Sequencer).
+	Forward Forwarder
 	// Now is the clock. Zero value means time.Now.
 	Now func() time.Time
 	// Metrics receives the bus's metrics. Zero value means unregistered
@@ -327,6 +333,9 @@ func (b *Bus) publish(feed string, tk tick.Tick, in, refused prometheus.Counter)
 		refused.Inc()
 		return 0, err
 	}
+	if b.cfg.Forward != nil {
+		return b.forward(&tk, now, in, refused)
+	}
 	for {
 		t, err := b.topicFor(feed, tk.Topic)
 		if err != nil {
@@ -396,10 +405,12 @@ func (b *Bus) lookup(name string) *topic {
 	return t
 }
 
-// topicFor finds or creates a topic. A new topic is joined by every
-// pattern subscription it matches and every subscription that named it
-// before its first tick: that tick waits for those joins (they hold the
-// topic's lock), but Bus.mu is released before them.
+// topicFor finds or creates a topic, created for feed and counted against
+// its quota ("" for ticks the cluster sequenced: the node that accepted
+// them counted them). A new topic is joined by every pattern subscription
+// it matches and every subscription that named it before its first tick:
+// that tick waits for those joins (they hold the topic's lock), but Bus.mu
+// is released before them.
 func (b *Bus) topicFor(feed, name string) (*topic, error) {
 	if t := b.lookup(name); t != nil {
 		return t, nil
@@ -419,7 +430,7 @@ func (b *Bus) topicFor(feed, name string) (*topic, error) {
 		b.metrics.Limited("max_topics")
 		return nil, &tick.Error{Err: ErrTooManyTopic, Detail: fmt.Sprintf("%d topics already, at most %d", n, b.cfg.MaxTopics)}
 	}
-	if n := b.perFeed[feed]; n >= b.cfg.MaxTopicsPerFeed {
+	if n := b.perFeed[feed]; feed != "" && n >= b.cfg.MaxTopicsPerFeed {
 		b.mu.Unlock()
 		b.metrics.Limited("topic_quota")
 		return nil, &tick.Error{Err: ErrTopicQuota, Detail: fmt.Sprintf("feed %s created %d topics already, at most %d per publisher", feed, n, b.cfg.MaxTopicsPerFeed)}

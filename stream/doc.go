@@ -43,4 +43,10 @@
 // accepted tick to it under the topic's lock (Store.Append only queues;
 // the store's own lock comes after topic.mu), then waits for Store.Settle
 // unlocked. Seqs come from a Sequencer (LocalSequencer in-process).
+//
+// With a Forwarder (BusConfig.Forward, a cluster: stream/cluster), Publish
+// validates a tick and hands it to the cluster holding no lock; the tick
+// comes back, on every node, through Apply with the cluster's seq, and is
+// folded like a local one (under topic.mu, never waiting for a
+// subscriber).
 package stream

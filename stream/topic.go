@@ -109,7 +109,7 @@ func (t *topic) publish(tk *tick.Tick, accepted time.Time) (uint64, bool) {
 		t.mu.Unlock()
 		return 0, false
 	}
-	seq, ticket := t.publishLocked(tk, accepted)
+	seq, ticket := t.publishLocked(tk, accepted, 0)
 	t.mu.Unlock()
 	if st := t.bus.cfg.Store; st != nil {
 		st.Settle(ticket)
@@ -117,13 +117,21 @@ func (t *topic) publish(tk *tick.Tick, accepted time.Time) (uint64, bool) {
 	return seq, true
 }
 
-func (t *topic) publishLocked(tk *tick.Tick, accepted time.Time) (uint64, uint64) {
+// publishLocked folds tk as seq, or as the sequencer's next seq when seq
+// is 0 (see Bus.Apply for a seq given by the cluster).
+func (t *topic) publishLocked(tk *tick.Tick, accepted time.Time, seq uint64) (uint64, uint64) {
 	cfg := &t.bus.cfg
 	fields := append([]tick.Field(nil), tk.Fields...)
 
 	tk.Fields = fields
-	t.seq = t.bus.seqr.Next(t.name, t.seq)
-	seq := t.seq
+	if seq == 0 {
+		seq = t.bus.seqr.Next(t.name, t.seq)
+	} else if seq != t.seq+1 {
+		// A gap: the ring holds consecutive seqs only.
+		clear(t.hist)
+		t.hist, t.histHead = t.hist[:0], 0
+	}
+	t.seq = seq
 	t.ts, t.accepted = tk.TS, accepted
 	t.latest = mergeFields(t.latest, fields)
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/tickstream/tickstream/feeds"
 	"github.com/tickstream/tickstream/stream"
 	"github.com/tickstream/tickstream/stream/auth"
+	"github.com/tickstream/tickstream/stream/cluster"
 	"github.com/tickstream/tickstream/stream/server"
 	"github.com/tickstream/tickstream/stream/store"
 )
@@ -65,8 +67,28 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	var node *cluster.Node
+	var epoch string
+	if s.NATS != "" {
+		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		node, err = cluster.Open(octx, cluster.Config{URL: s.NATS, HistoryDepth: s.HistoryDepth, LeaseTTL: ms(s.NATSLeaseMS), Logger: log})
+		cancel()
+		if err != nil {
+			ln.Close()
+			return &SettingError{Setting: "nats", Source: "value " + strconv.Quote(s.NATS), Err: err}
+		}
+		epoch = node.Epoch()
+		if s.DataDir != "" {
+			// The store keeps this cluster epoch's seqs: another epoch's
+			// store would contradict them.
+			s.DataDir = filepath.Join(s.DataDir, "cluster-"+epoch)
+		}
+	}
 	st, err := openStore(s, reg, log)
 	if err != nil {
+		if node != nil {
+			node.Close()
+		}
 		ln.Close()
 		return err
 	}
@@ -78,6 +100,10 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 				log.Error("closing the store", "err", err)
 			}
 		}()
+	}
+	if node != nil {
+		// Before the store closes: the node's consumer folds into the bus.
+		defer node.Close()
 	}
 	bus, err := stream.NewBus(stream.BusConfig{
 		Store:                  busStore,
@@ -96,10 +122,20 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		TopicIdleEvict:         evictSetting(s.TopicIdleEvictMS),
 		Metrics:                stream.NewMetrics(reg),
 		Logger:                 log,
+		Epoch:                  epoch,
+		Forward:                forwarder(node),
 	})
 	if err != nil {
 		ln.Close()
 		return err
+	}
+	if node != nil {
+		// Serve only with the cluster's history folded in.
+		if err := node.Start(ctx, bus); err != nil {
+			_ = bus.Close(context.Background())
+			ln.Close()
+			return err
+		}
 	}
 
 	feedConfigs := s.Feeds
@@ -111,6 +147,7 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		Sink:       func(feed string) feeds.Sink { return bus.Sink(feed) },
 		Registerer: reg,
 		Logger:     log,
+		Lease:      lease(node),
 	})
 	if err != nil {
 		ln.Close()
@@ -154,6 +191,7 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		ReadTimeout:           ms(s.ReadTimeoutMS),
 		TLSCertFile:           s.TLSCert,
 		TLSKeyFile:            s.TLSKey,
+		CursorShare:           cursorShare(node),
 	})
 	if err != nil {
 		ln.Close()
@@ -167,7 +205,7 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 	if s.TLSCert != "" {
 		scheme = "https://"
 	}
-	log.Info("tickstream listening", "addr", ln.Addr().String(), "url", scheme+displayAddr(ln.Addr()), "feeds", len(feedConfigs), "epoch", bus.Epoch(), "data_dir", s.DataDir)
+	log.Info("tickstream listening", "addr", ln.Addr().String(), "url", scheme+displayAddr(ln.Addr()), "feeds", len(feedConfigs), "epoch", bus.Epoch(), "data_dir", s.DataDir, "nats", s.NATS)
 
 	select {
 	case <-ctx.Done():
@@ -305,4 +343,27 @@ func limitSetting(ms int) time.Duration {
 		return time.Nanosecond
 	}
 	return time.Duration(ms) * time.Millisecond
+}
+
+// forwarder and lease are the cluster's hooks, nil without one (a nil
+// *cluster.Node must not become a non-nil interface).
+func forwarder(n *cluster.Node) stream.Forwarder {
+	if n == nil {
+		return nil
+	}
+	return n
+}
+
+func lease(n *cluster.Node) feeds.Lease {
+	if n == nil {
+		return nil
+	}
+	return n
+}
+
+func cursorShare(n *cluster.Node) server.CursorShare {
+	if n == nil {
+		return nil
+	}
+	return n
 }

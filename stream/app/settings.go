@@ -50,6 +50,8 @@ type Settings struct {
 	RetentionAge      string  `yaml:"retention_age" help:"how long the store keeps a tick after it was accepted, e.g. 24h (0 = no bound by age)" default:"24h"`
 	StoreMaxBytes     int     `yaml:"store_max_bytes" help:"bytes of store pages in use past which the oldest ticks are pruned (0 = no bound)" default:"1073741824" min:"0" max:"1099511627776"`
 	Sync              string  `yaml:"sync" help:"store sync policy: an interval (100ms: commit and fsync that often; a crash loses at most the ticks of the last interval) or always (a publish returns after its tick is on disk)" default:"100ms"`
+	NATS              string  `yaml:"nats" help:"NATS URL(s), e.g. nats://127.0.0.1:4222: this node joins the cluster of every node on that NATS (JetStream), sharing seqs, history and feeds; empty = a single node" default:""`
+	NATSLeaseMS       int     `yaml:"nats_lease_ms" help:"with nats: how long a feed lease lives without renewal; a feed moves to a live node within about this long after its node dies" default:"5000" min:"300" max:"600000"`
 
 	// Auth: JWTs on /ws, /sse and the API (see the README's Auth section).
 	Auth                string `yaml:"auth" help:"off or on: on needs a valid JWT on /ws, /sse and the API, and one of the keys below" default:"off"`

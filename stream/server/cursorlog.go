@@ -29,6 +29,8 @@ type cursorLog struct {
 	undo     []cursorUndo         // ring, oldest at head once full
 	undoHead int
 	endedAt  time.Time
+	share    CursorShare // nil: this node's own
+	sharedAt time.Time   // of the last put
 }
 
 // cursorUndo is how one event changed one topic's position.
@@ -58,6 +60,7 @@ func (l *cursorLog) advance(topic, epoch string, seq uint64) (n uint64, changed,
 			l.ref, l.covered = true, l.event
 		}
 	}
+	l.maybeShareLocked()
 	return l.event, changed, l.ref
 }
 
@@ -158,10 +161,11 @@ func (l *cursorLog) at(n uint64) (map[string]protocol.Cursor, error) {
 }
 
 // cursorStore finds the cursor logs of reference-form streams, live or
-// recently ended, so that a reconnect resolves its Last-Event-ID. A
-// cluster shares the same records through its store (see the scale-out
-// notes); this one is the process's own.
+// recently ended, so that a reconnect resolves its Last-Event-ID. With a
+// CursorShare, the logs are also put there and a stream this node does
+// not know is looked up there (a cluster).
 type cursorStore struct {
+	share     CursorShare
 	mu        sync.Mutex
 	logs      map[string]*cursorLog
 	endedLogs []*cursorLog // oldest first
@@ -182,7 +186,7 @@ func newCursorStore() *cursorStore {
 }
 
 func (cs *cursorStore) newLog(stream string) *cursorLog {
-	l := &cursorLog{stream: stream}
+	l := &cursorLog{stream: stream, share: cs.share}
 	cs.mu.Lock()
 	cs.logs[stream] = l
 	cs.mu.Unlock()
@@ -194,6 +198,9 @@ func (cs *cursorStore) newLog(stream string) *cursorLog {
 func (cs *cursorStore) ended(l *cursorLog) {
 	l.mu.Lock()
 	ref := l.ref
+	if ref && cs.share != nil {
+		cs.share.Put(l.stream, l.sharedLocked())
+	}
 	l.mu.Unlock()
 	now := cs.now()
 	cs.mu.Lock()
@@ -216,6 +223,11 @@ func (cs *cursorStore) resolve(stream string, n uint64) (map[string]protocol.Cur
 	cs.mu.Lock()
 	l := cs.logs[stream]
 	cs.mu.Unlock()
+	if l == nil && cs.share != nil {
+		if data, ok := cs.share.Get(stream); ok {
+			l, _ = sharedCursorLog(stream, data)
+		}
+	}
 	if l == nil {
 		return nil, errCursorGone
 	}

@@ -76,6 +76,10 @@ type Config struct {
 	// means auth off: every client may read every topic, and publishing
 	// is as open as the rest of the configuration leaves it.
 	Auth *auth.Authorizer
+	// CursorShare shares reference-form SSE cursors with the other nodes
+	// of a cluster (see CursorShare). Zero value means they resolve only
+	// on this node.
+	CursorShare CursorShare
 	// The idempotency window of publishes (see idemStore): per producer,
 	// the last IdempotencyIDs message ids for at most IdempotencyTTL; at
 	// most IdempotencyProducers producers (least recently active
@@ -278,6 +282,7 @@ func New(cfg Config) (*Server, error) {
 		s.tls = r
 	}
 	cfg.Bus.OnEvict(s.quota.release)
+	s.cursors.share = cfg.CursorShare
 	s.app = fiber.New(fiber.Config{
 		DisableStartupMessage: true,
 		BodyLimit:             cfg.MaxPublishBytes,
