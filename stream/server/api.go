@@ -159,6 +159,15 @@ func (s *Server) handlePublish(c *fiber.Ctx) error {
 	if err := s.checkPublishType(c); err != nil {
 		return err
 	}
+	rateKey := "ip:" + c.IP()
+	if claims != nil {
+		rateKey = "sub:" + claims.Subject()
+	}
+	if !s.pubRates.allow(rateKey) {
+		c.Set(fiber.HeaderRetryAfter, "1")
+		return s.limited(c, fiber.StatusTooManyRequests, protocol.CodeRateLimited,
+			fmt.Sprintf("more than %g publish requests a second from this producer (max_publish_per_sec): retry later", s.cfg.MaxPublishPerSec))
+	}
 	producer, allowed, perr := s.authorizePublish(claims, c.Get("X-Producer-Id"))
 	if perr == nil && c.Get("X-Producer-Id") != "" && !protocol.ValidProducer(c.Get("X-Producer-Id")) {
 		perr = &protocol.Error{Code: protocol.CodeBadProducer, Message: "X-Producer-Id: want 1-64 characters of [A-Za-z0-9._:-]"}

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tickstream/tickstream/stream"
+	"github.com/tickstream/tickstream/stream/protocol"
 	"github.com/tickstream/tickstream/stream/server"
 )
 
@@ -229,4 +231,40 @@ func TestTopicsPaged(t *testing.T) {
 		t.Fatalf("pages listed %v", seen)
 	}
 	e.expectAPIError(t, http.MethodGet, "/api/topics?limit=0", "", http.StatusBadRequest, "bad_request")
+}
+
+// TestPublishRatePerProducer: POST /api/publish requests past
+// max_publish_per_sec from one producer are answered 429 rate_limited with
+// a Retry-After, while another producer (another address) still publishes.
+func TestPublishRatePerProducer(t *testing.T) {
+	t.Parallel()
+	e := startServer(t, func(_ *stream.BusConfig, sc *server.Config) { sc.MaxPublishPerSec = 2 }) // burst 4
+	body := []byte(`{"topic":"PR","price":1}`)
+	limited := 0
+	for range 20 {
+		var ae apiErr
+		status, _ := e.post("/api/publish", "application/json", body, &ae)
+		if status == http.StatusTooManyRequests {
+			if ae.Error != protocol.CodeRateLimited {
+				t.Fatalf("429 with code %q, want %s", ae.Error, protocol.CodeRateLimited)
+			}
+			limited++
+		}
+	}
+	if limited < 10 {
+		t.Fatalf("%d of 20 quick requests were limited, want most past the burst of 4", limited)
+	}
+	// Another address is another producer.
+	req, _ := http.NewRequest(http.MethodPost, e.url("/api/publish"), bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	hc := httpFrom("127.0.0.77")
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("another producer got %d, want 200", resp.StatusCode)
+	}
 }

@@ -120,7 +120,10 @@ type Config struct {
 	// MaxPublishPerSec paces a WebSocket connection's publish ops, which
 	// MaxMsgsPerSec leaves aside: past it the reader waits before taking
 	// the next publish, so the producer is slowed by TCP, never refused.
-	// The burst is twice the rate. Zero value means 1000.
+	// The burst is twice the rate. Zero value means 1000. It also bounds
+	// POST /api/publish requests per producer (the token's subject with
+	// auth on, else the client's address): past it a request is answered
+	// 429 rate_limited with Retry-After.
 	MaxPublishPerSec float64
 	// MaxTopicsPerPublisher bounds the topics one client address may
 	// create through POST /api/publish. Zero value means 10000.
@@ -239,6 +242,7 @@ type Server struct {
 	wsHandler fiber.Handler
 	clients   *clients    // per-address streams and connection buckets
 	quota     *topicQuota // topics created per publishing address
+	pubRates  *clients    // POST /api/publish requests per producer (MaxPublishPerSec)
 	tls       *certReloader
 
 	draining atomic.Bool
@@ -273,6 +277,7 @@ func New(cfg Config) (*Server, error) {
 		idem:     newIdemStore(cfg.IdempotencyIDs, cfg.IdempotencyProducers, cfg.IdempotencyTotalIDs, cfg.IdempotencyTTL),
 		clients:  newClients(cfg.AcceptRatePerIP, cfg.AcceptBurstPerIP),
 		quota:    newTopicQuota(cfg.MaxTopicsPerPublisher),
+		pubRates: newClients(cfg.MaxPublishPerSec, max(1, int(2*cfg.MaxPublishPerSec))),
 	}
 	if cfg.TLSCertFile != "" {
 		r, err := newCertReloader(cfg.TLSCertFile, cfg.TLSKeyFile)
