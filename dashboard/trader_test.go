@@ -421,10 +421,12 @@ func TestAccessibility(t *testing.T) {
 	b.checkNoErrors(t)
 }
 
-// fakeFeeds reports a failed primary feed and a backup standing in for it.
+// fakeFeeds reports feed states and, per topic, the feed that last
+// published it (feeds.SourceReporter, as the supervisor does).
 type fakeFeeds struct {
-	mu  sync.Mutex
-	sts []feeds.Status
+	mu      sync.Mutex
+	sts     []feeds.Status
+	sources map[string][]string // topic -> feed, then the primaries it stands in for
 }
 
 func (f *fakeFeeds) Statuses() []feeds.Status {
@@ -434,21 +436,49 @@ func (f *fakeFeeds) Statuses() []feeds.Status {
 }
 func (f *fakeFeeds) Ready() bool { return true }
 
+func (f *fakeFeeds) SourceOf(topic string) (string, []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	src := f.sources[topic]
+	if len(src) == 0 {
+		return "nyse", nil
+	}
+	return src[0], src[1:]
+}
+
 // TestFeedStatus: a feed down, or a backup standing in for a primary, shows
-// in a status strip and on the symbols; it clears when the feeds recover.
+// in a status strip and on the symbols whose feed it is (from /api/topics
+// feed and backup_for), not on the others; it clears when the feeds
+// recover.
 func TestFeedStatus(t *testing.T) {
-	ff := &fakeFeeds{sts: []feeds.Status{
-		{Name: "coinbase", Type: "websocket", State: feeds.State("failed"), LastError: "dial: refused", Backup: "sim", ActiveBackup: true},
-		{Name: "sim", Type: "sim", State: feeds.State("running"), StandsInFor: []string{"coinbase"}},
-	}}
+	ff := &fakeFeeds{
+		sts: []feeds.Status{
+			{Name: "coinbase", Type: "websocket", State: feeds.State("failed"), LastError: "dial: refused", Backup: "sim", ActiveBackup: true},
+			{Name: "kraken", Type: "websocket", State: feeds.State("degraded")},
+			{Name: "nyse", Type: "replay", State: feeds.State("running")},
+			{Name: "sim", Type: "sim", State: feeds.State("running"), StandsInFor: []string{"coinbase"}},
+		},
+		sources: map[string][]string{"BTC-USD": {"sim", "coinbase"}, "ETH-USD": {"kraken"}},
+	}
 	ts := startServerWith(t, func(c *server.Config) { c.Feeds = ff }, nil)
 	b := newBrowser(t, 1440, 900)
 	b.do(t, chromedp.EmulateViewport(1440, 900), chromedp.Navigate(ts.url("/#BTC-USD")))
 	waitBoardMoves(t, b)
-	b.waitFor(t, "the feed strip", 10*time.Second, `!document.getElementById('feed-strip').hidden && /sim stands in for coinbase/.test(document.getElementById('feed-strip').textContent) && /coinbase failed/.test(document.getElementById('feed-strip').textContent)`)
-	b.waitFor(t, "the warning on the symbol", 5*time.Second, `!!document.querySelector('#rows tr[data-topic="BTC-USD"] .feed-warn') && /stands in/.test(document.getElementById('chart-warn').textContent)`)
+	b.waitFor(t, "the feed strip", 10*time.Second, `!document.getElementById('feed-strip').hidden && /sim stands in for coinbase/.test(document.getElementById('feed-strip').textContent) && /coinbase failed/.test(document.getElementById('feed-strip').textContent) && /kraken degraded/.test(document.getElementById('feed-strip').textContent)`)
+	warned := `[...document.querySelectorAll('#rows tr')].filter((tr) => tr.querySelector('.feed-warn')).map((tr) => tr.dataset.topic).sort().join()`
+	b.waitFor(t, "the warning on BTC-USD (a backup stands in) and ETH-USD (its feed is degraded) only", 10*time.Second,
+		warned+` === 'BTC-USD,ETH-USD' && /stands in for coinbase/.test(document.querySelector('#rows tr[data-topic="BTC-USD"] .feed-warn').title) && /kraken degraded/.test(document.querySelector('#rows tr[data-topic="ETH-USD"] .feed-warn').title) && /stands in/.test(document.getElementById('chart-warn').textContent)`)
+	b.do(t, chromedp.Evaluate[chromedp.Void](`__tickstream.select('AAPL')`))
+	b.waitFor(t, "no chart warning on AAPL", 5*time.Second, `document.getElementById('chart-warn').hidden`)
+	b.do(t, chromedp.Evaluate[chromedp.Void](`__tickstream.select('ETH-USD')`))
+	b.waitFor(t, "the chart warning on ETH-USD", 5*time.Second, `!document.getElementById('chart-warn').hidden && /kraken degraded/.test(document.getElementById('chart-warn').textContent)`)
+
 	ff.mu.Lock()
-	ff.sts = []feeds.Status{{Name: "coinbase", Type: "websocket", State: feeds.State("running")}, {Name: "sim", Type: "sim", State: feeds.State("standby")}}
+	ff.sts = []feeds.Status{
+		{Name: "coinbase", Type: "websocket", State: feeds.State("running")}, {Name: "kraken", Type: "websocket", State: feeds.State("running")},
+		{Name: "nyse", Type: "replay", State: feeds.State("running")}, {Name: "sim", Type: "sim", State: feeds.State("standby")},
+	}
+	ff.sources = map[string][]string{"BTC-USD": {"coinbase"}, "ETH-USD": {"kraken"}}
 	ff.mu.Unlock()
 	b.waitFor(t, "the strip cleared", 15*time.Second, `document.getElementById('feed-strip').hidden && !document.querySelector('#rows .feed-warn') && document.getElementById('chart-warn').hidden`)
 	b.checkNoErrors(t)

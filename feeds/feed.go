@@ -218,6 +218,15 @@ type StatusReporter interface {
 	Ready() bool
 }
 
+// SourceReporter is what a StatusReporter may also do (the Supervisor
+// does): tell which feed last published a topic, and the primaries that
+// feed is standing in for right now when it is a backup covering failed
+// feeds (see Supervisor.SourceOf). The HTTP server checks for it with a
+// type assertion and shows both in /api/topics (feed, backup_for).
+type SourceReporter interface {
+	SourceOf(topic string) (feed string, standsInFor []string)
+}
+
 // OptionError is a bad option of one feed. Its text names both, so that a
 // bad config stops start-up with one line that says what to fix:
 //

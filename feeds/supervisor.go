@@ -120,7 +120,10 @@ type Supervisor struct {
 	closed  bool
 }
 
-var _ StatusReporter = (*Supervisor)(nil)
+var (
+	_ StatusReporter = (*Supervisor)(nil)
+	_ SourceReporter = (*Supervisor)(nil)
+)
 
 // feedRun is one supervised (or external) feed.
 type feedRun struct {

@@ -524,6 +524,13 @@ type TopicInfo struct {
 	// Ref is the rolling 24-hour reference figures (open, high, low,
 	// volume since Ref.Since); nil while the topic had no price then.
 	Ref *protocol.Ref `json:"ref,omitempty"`
+	// Feed is the feed that last published the topic, and BackupFor the
+	// primaries it stands in for right now when it is a backup covering
+	// failed feeds (its prices are a stand-in, e.g. the simulator's for
+	// an exchange). The bus leaves them empty; the HTTP server fills them
+	// in when its feeds report sources (feeds.SourceReporter).
+	Feed      string   `json:"feed,omitempty"`
+	BackupFor []string `json:"backup_for,omitempty"`
 }
 
 // HistoryTick is one raw tick from history.

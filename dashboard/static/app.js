@@ -5,7 +5,12 @@
 //
 // What it subscribes to: the board's visible rows (plus a margin), the
 // watchlist and the selected symbol. Every other row is refreshed by polling
-// GET /api/topics, which also brings in topics that appear later.
+// GET /api/topics (following its pages), which also brings in topics that
+// appear later and says which feed each topic comes from.
+//
+// Change and volume are the server's 24-hour reference figures (`ref` in the
+// snapshot and in /api/topics: change = last price − ref.o), carried forward
+// by the updates of a live row, so they mean the same on every reload.
 
 import { Tickstream, Candles, TransportName } from './tickstream.js';
 
@@ -18,6 +23,9 @@ const RATE_BUCKET_MS = 250;
 const RATE_MIN_MS = 1000; // until this much was counted, the server's figure
 const FLASH_MS = 200;
 const TOPICS_EVERY_MS = 2000; // rows not subscribed are refreshed this often
+const TOPICS_PAGE = 1000; // /api/topics?limit=
+const TOPICS_MAX_PAGES = 50; // a poll reads at most this many pages
+const REF_TAIL = 64; // updates kept per live row to re-anchor its ref from a poll
 const FEEDS_EVERY_MS = 5000;
 const SUB_MARGIN_ROWS = 10; // rows above and below the visible ones
 const TAPE_ROWS = 60;
@@ -163,9 +171,10 @@ const ui = {
   lastError: '',
   watch: new Set(storedJSON('watchlist', []).filter((t) => typeof t === 'string')),
   reducedMotion: false,
-  feeds: [], // last /api/feeds answer
-  feedProblem: '', // the warning shown on the symbols, '' when none
+  feeds: new Map(), // feed name -> its last /api/feeds status
+  feedProblem: '', // the feed strip's text, '' when no feed has a problem
   topicsLoaded: false,
+  topicsPolling: false,
   window: [0, 0], // rows of ui.order in the DOM
   windowDirty: true,
 };
@@ -257,7 +266,11 @@ function rowFor(topic) {
   let r = rows.get(topic);
   if (r) return r;
   r = {
-    topic, id: 'row-' + (++rowIds), price: NaN, open: NaN, bid: NaN, ask: NaN, volume: NaN, volSum: 0,
+    topic, id: 'row-' + (++rowIds), price: NaN, bid: NaN, ask: NaN,
+    // The 24-hour reference: open (NaN while the period had no price) and
+    // volume, as of seq refAt (-1: none yet); tail holds the live updates
+    // since, [seq, v, o], so a poll's ref can take over exactly.
+    refO: NaN, refV: NaN, refAt: -1, tail: [], feed: '', backupFor: [],
     ts: NaN, seq: 0, epoch: '', dir: 0, flash: 0, rate: 0, counts: [], live: false, liveSince: 0,
     dec: 0, dirty: true, el: null, cells: null, text: null,
   };
@@ -300,14 +313,61 @@ function applyData(r, data, ts, flash) {
     r.price = p;
     const d = decimalsOf(p);
     if (d > r.dec) r.dec = d;
-    if (!Number.isFinite(r.open)) r.open = p;
   }
   if (Number.isFinite(data.bid)) { r.bid = data.bid; const d = decimalsOf(data.bid); if (d > r.dec) r.dec = d; }
   if (Number.isFinite(data.ask)) { r.ask = data.ask; const d = decimalsOf(data.ask); if (d > r.dec) r.dec = d; }
-  if (Number.isFinite(data.volume)) r.volume = data.volume;
   if (Number.isFinite(ts)) r.ts = ts;
   r.dirty = true;
 }
+
+// setRef takes the server's reference figures as of seq (a snapshot's, or a
+// poll's): absent means no price in the period, so no open and no volume.
+function setRef(r, ref, seq) {
+  const o = ref && Number.isFinite(ref.o) ? ref.o : NaN;
+  const v = ref && Number.isFinite(ref.v) ? ref.v : 0;
+  if (!Object.is(o, r.refO) || v !== r.refV) r.dirty = true;
+  r.refO = o;
+  r.refV = v;
+  r.refAt = seq;
+  r.tail = [];
+}
+
+// foldRef carries a live row's reference forward with an update whose
+// window follows the ref (ticks after seq prev): its first price opens a
+// period that had none, its volume adds up. (The period's older hours
+// leave it only when a poll or snapshot brings a new ref.)
+function foldRef(r, m, prev) {
+  if (r.refAt < 0 && prev === 0) setRef(r, null, 0); // a new topic: nothing before
+  if (r.refAt < 0) return;
+  const a = m.agg || {};
+  const v = Number.isFinite(a.v) ? a.v : 0;
+  const o = Number.isFinite(a.o) ? a.o : NaN;
+  if (!Number.isFinite(r.refO)) r.refO = o;
+  r.refV += v;
+  r.refAt = m.seq;
+  r.tail.push([m.seq, v, o]);
+  if (r.tail.length > REF_TAIL) r.tail.shift();
+}
+
+// pollRef takes a poll's ref for a live row when it is at a seq the row's
+// updates start or end at: the updates after it are added back.
+function pollRef(r, t) {
+  if (t.seq === r.refAt) { setRef(r, t.ref, t.seq); return; }
+  const i = r.tail.findIndex((x) => x[0] === t.seq);
+  if (i < 0) return;
+  const after = r.tail.slice(i + 1);
+  setRef(r, t.ref, t.seq);
+  for (const [seq, v, o] of after) {
+    if (!Number.isFinite(r.refO)) r.refO = o;
+    r.refV += v;
+    r.refAt = seq;
+  }
+  r.tail = after;
+}
+
+function refChange(r) { return r.price - r.refO; }
+function refPct(r) { return r.refO ? (refChange(r) / r.refO) * 100 : NaN; }
+function refVolume(r) { return Number.isFinite(r.refO) ? r.refV : NaN; }
 
 function buildRow(r) {
   const tr = document.createElement('tr');
@@ -332,7 +392,7 @@ function renderSym(r) {
   if (!r.el) return;
   const td = r.cells.topic;
   const watched = ui.watch.has(r.topic);
-  const warn = ui.feedProblem;
+  const warn = rowWarning(r);
   const key = r.topic + (watched ? '*' : '') + (warn ? '!' + warn : '');
   if (r.text.symKey === key) return;
   r.text.symKey = key;
@@ -392,14 +452,14 @@ function expireFlashes(now) {
 function renderRow(r, now) {
   if (!r.el) buildRow(r);
   const d = rowDecimals(r);
-  const chg = r.price - r.open;
-  const pct = r.open ? (chg / r.open) * 100 : NaN;
+  const chg = refChange(r);
+  const pct = refPct(r);
   setText(r, 'price', fmtPrice(r.price, d));
   setText(r, 'chg', fmtSigned(chg, d));
   setText(r, 'pct', fmtPct(pct));
   setText(r, 'bid', fmtPrice(r.bid, d));
   setText(r, 'ask', fmtPrice(r.ask, d));
-  setText(r, 'volume', fmtVol(Number.isFinite(r.volume) ? r.volume : r.volSum));
+  setText(r, 'volume', fmtVol(refVolume(r)));
   setDir(r.cells.price, r.dir);
   const cdir = /[1-9]/.test(r.text.chg) ? Math.sign(chg) : 0;
   setDir(r.cells.chg, cdir);
@@ -427,9 +487,9 @@ function renderAges(now) {
 function sortValue(r, k, now) {
   switch (k) {
     case 'topic': return r.topic;
-    case 'chg': return r.price - r.open;
-    case 'pct': return r.open ? (r.price - r.open) / r.open : NaN;
-    case 'volume': return Number.isFinite(r.volume) ? r.volume : r.volSum;
+    case 'chg': return refChange(r);
+    case 'pct': return refPct(r);
+    case 'volume': return refVolume(r);
     case 'rate': return rateOf(r, now);
     case 'age': return now - r.ts;
     default: return r[k];
@@ -1015,9 +1075,10 @@ function renderChartHead() {
   if (!r) return;
   const d = rowDecimals(r);
   $('chart-price').textContent = fmtPrice(r.price, d);
-  const chg = r.price - r.open;
+  const chg = refChange(r);
   const el = $('chart-chg');
-  el.textContent = fmtSigned(chg, d) + ' (' + fmtPct(r.open ? (chg / r.open) * 100 : NaN) + ')';
+  el.textContent = fmtSigned(chg, d) + ' (' + fmtPct(refPct(r)) + ')';
+  $('chart-vol').textContent = fmtVol(refVolume(r));
   const shown = /[1-9]/.test(el.textContent.split('(')[0]);
   el.className = 'chart-chg ' + (shown && chg > 0 ? 'up' : shown && chg < 0 ? 'down' : '');
   if (d !== chartHeadDecimals && candleSeries && Number.isFinite(r.price)) {
@@ -1028,9 +1089,9 @@ function renderChartHead() {
 
 // ---- feeds -----------------------------------------------------------------
 // GET /api/feeds: a feed that is not running, degraded, or a backup standing
-// in for a primary is shown in the strip and on the symbols. The server does
-// not say which feed each topic comes from, so a problem is shown on every
-// symbol (unless a topic's /api/topics entry names its feed).
+// in for a primary is shown in the strip. A symbol is marked (⚠) when its
+// feed (/api/topics `feed`, the feed that last published it) has such a
+// problem, or is a backup standing in (`backup_for`).
 
 const FEED_BAD = new Set(['failed', 'restarting', 'stopped', 'degraded', 'starting']);
 async function loadFeeds() {
@@ -1042,10 +1103,21 @@ async function loadFeeds() {
   } catch { /* the connection badge says it */ }
 }
 
+// rowWarning is the warning on a symbol, '' when its prices are its own
+// feed's and that feed is fine.
+function rowWarning(r) {
+  if (!r.feed) return '';
+  if (r.backupFor.length) return `${r.feed} stands in for ${r.backupFor.join(', ')}: substituted prices`;
+  const f = ui.feeds.get(r.feed);
+  if (f && FEED_BAD.has(f.state)) return `${f.name} ${f.state}${f.last_error ? ': ' + f.last_error : ''}: prices may be stale`;
+  return '';
+}
+
 function renderFeeds(list) {
-  ui.feeds = list;
   const problems = [];
+  const byName = new Map();
   for (const f of list) {
+    byName.set(f.name, f);
     if (f.external) continue;
     if (Array.isArray(f.stands_in_for) && f.stands_in_for.length) {
       problems.push(`${f.name} stands in for ${f.stands_in_for.join(', ')}`);
@@ -1053,6 +1125,7 @@ function renderFeeds(list) {
       problems.push(`${f.name} ${f.state}${f.last_error ? ': ' + f.last_error : ''}`);
     }
   }
+  ui.feeds = byName;
   const strip = $('feed-strip');
   const st = $('st-feeds');
   const text = problems.join(' · ');
@@ -1060,18 +1133,21 @@ function renderFeeds(list) {
     ui.feedProblem = text;
     strip.hidden = !text;
     $('feed-strip-text').textContent = text ? 'Feed problem: ' + text + '. Prices may be stale or substituted.' : '';
-    for (const r of rows.values()) renderSym(r);
-    renderFeedWarning();
   }
+  for (const r of rows.values()) renderSym(r);
+  renderFeedWarning();
   const ok = list.filter((f) => !f.external).map((f) => f.name + ' ' + f.state);
   st.textContent = ok.length ? 'feeds: ' + ok.join(', ') : '';
   st.classList.toggle('err', !!text);
 }
 
+// The chart's warning: the selected symbol's.
 function renderFeedWarning() {
+  const r = rows.get(chartState.topic);
+  const warn = r ? rowWarning(r) : '';
   const el = $('chart-warn');
-  el.hidden = !ui.feedProblem;
-  el.textContent = ui.feedProblem ? '⚠ ' + ui.feedProblem : '';
+  el.hidden = !warn;
+  el.textContent = warn ? '⚠ ' + warn : '';
 }
 
 // ---- watchlist -------------------------------------------------------------
@@ -1115,6 +1191,7 @@ function handleBatch(msgs) {
         if (!subs.has(m.topic)) { client.cursors.delete(m.topic); break; }
         const r = rowFor(m.topic);
         applyData(r, m.data, m.ts, false);
+        setRef(r, m.ref, m.seq);
         if (r.epoch && m.epoch !== r.epoch && m.topic === chartState.topic) noteOutage(true);
         r.seq = m.seq;
         r.epoch = m.epoch;
@@ -1129,16 +1206,14 @@ function handleBatch(msgs) {
         // In flight when it was unsubscribed: the row is polled now.
         if (!subs.has(m.topic)) { client.cursors.delete(m.topic); break; }
         const r = rowFor(m.topic);
-        // The session open is the first price seen: for an update, the
-        // first price of its window.
-        if (!Number.isFinite(r.open) && m.agg && Number.isFinite(m.agg.o)) r.open = m.agg.o;
+        if (r.epoch && r.epoch !== m.epoch) r.refAt = -1; // another epoch: wait for its ref
+        foldRef(r, m, r.epoch === m.epoch ? r.seq : 0);
         applyData(r, m.data, m.ts, true);
         r.seq = m.seq;
         r.epoch = m.epoch;
         if (!r.live) { r.live = true; r.liveSince = now; r.counts = []; }
         const n = m.agg && m.agg.n > 0 ? m.agg.n : 1;
         countTick(r, n, now);
-        if (m.agg && Number.isFinite(m.agg.v)) r.volSum += m.agg.v;
         if (m.topic === chartState.topic) {
           chartUpdate(m);
           tapeWant();
@@ -1254,14 +1329,25 @@ function wantedTopic() {
   return h || store.get('topic', '');
 }
 
+// loadTopics reads every page of /api/topics (at most TOPICS_MAX_PAGES),
+// following X-Tickstream-Next; one poll at a time.
 async function loadTopics() {
+  if (ui.topicsPolling) return;
+  ui.topicsPolling = true;
   try {
-    const res = await fetch('api/topics', { cache: 'no-store', headers: authHeaders });
-    if (!res.ok) return;
-    const body = await res.json();
-    takeTopics(body);
+    let after = '';
+    for (let page = 0; page < TOPICS_MAX_PAGES; page++) {
+      const q = 'api/topics?limit=' + TOPICS_PAGE + (after ? '&after=' + encodeURIComponent(after) : '');
+      const res = await fetch(q, { cache: 'no-store', headers: authHeaders });
+      if (!res.ok) return;
+      takeTopics(await res.json());
+      after = res.headers.get('X-Tickstream-Next') || '';
+      if (!after) break;
+    }
   } catch (e) {
     noteError('topics: ' + (e && e.message || e));
+  } finally {
+    ui.topicsPolling = false;
   }
 }
 function takeTopics(body) {
@@ -1269,15 +1355,25 @@ function takeTopics(body) {
     const list = Array.isArray(body) ? body : (body && body.topics) || [];
     for (const t of list) {
       if (!t || !t.topic) continue;
-      const fresh = !rows.has(t.topic);
       const r = rowFor(t.topic);
-      // A topic that appeared after the page loaded: its session open is
-      // its first tick, if the server still holds it.
-      if (fresh && ui.topicsLoaded && t.seq > 1) loadOpen(r);
       r.rate = Number.isFinite(t.rate) ? t.rate : 0;
-      // A row streamed live is fresher than the poll.
-      if (subs.has(t.topic) && r.live) continue;
-      if (r.epoch === t.epoch && t.seq <= r.seq) continue;
+      const feed = typeof t.feed === 'string' ? t.feed : '';
+      const backupFor = Array.isArray(t.backup_for) ? t.backup_for : [];
+      if (feed !== r.feed || backupFor.join() !== r.backupFor.join()) {
+        r.feed = feed;
+        r.backupFor = backupFor;
+        renderSym(r);
+        if (r.topic === chartState.topic) renderFeedWarning();
+      }
+      // A row streamed live is fresher than the poll: its ref is taken
+      // only at a seq its updates line up with.
+      if (subs.has(t.topic) && r.live) {
+        if (r.epoch === t.epoch) pollRef(r, t);
+        continue;
+      }
+      if (r.epoch === t.epoch && t.seq < r.seq) continue;
+      setRef(r, t.ref, t.seq);
+      if (r.epoch === t.epoch && t.seq === r.seq) continue;
       applyData(r, t.data, t.ts, true);
       r.seq = t.seq;
       r.epoch = t.epoch;
@@ -1290,18 +1386,6 @@ function takeTopics(body) {
     scheduleSyncSubs();
     scheduleRender();
   }
-}
-
-async function loadOpen(r) {
-  try {
-    const h = await getHistory(r.topic, 0, 1);
-    const first = h && h !== 404 && h.ticks[0];
-    if (first && first.seq === 1 && first.data && Number.isFinite(first.data.price)) {
-      r.open = first.data.price;
-      r.dirty = true;
-      scheduleRender();
-    }
-  } catch { /* keep the first price seen */ }
 }
 
 // ---- wiring ----------------------------------------------------------------
@@ -1454,8 +1538,9 @@ globalThis.__tickstream = {
     const out = {};
     for (const r of rows.values()) {
       out[r.topic] = {
-        price: r.price, open: r.open, chg: r.price - r.open, bid: r.bid, ask: r.ask,
-        volume: Number.isFinite(r.volume) ? r.volume : r.volSum, ts: r.ts, seq: r.seq, epoch: r.epoch,
+        price: r.price, open: r.refO, chg: refChange(r), bid: r.bid, ask: r.ask,
+        volume: refVolume(r), refAt: r.refAt, feed: r.feed, backupFor: [...r.backupFor], warning: rowWarning(r),
+        ts: r.ts, seq: r.seq, epoch: r.epoch,
         live: r.live, decimals: rowDecimals(r),
         cells: r.text ? { ...r.text } : null,
       };

@@ -21,7 +21,9 @@ import (
 // handleTopics answers a page of topics sorted by name: ?limit= (default
 // 1000, at most 10000) after the name ?after=. When more follow, the
 // X-Tickstream-Next header holds the after of the next page and a Link
-// header its URL.
+// header its URL. With feeds that report sources (feeds.SourceReporter),
+// each topic says which feed last published it and, if that feed is a
+// backup standing in, for whom.
 func (s *Server) handleTopics(c *fiber.Ctx) error {
 	claims, err := s.authenticate(c)
 	if err != nil {
@@ -40,6 +42,11 @@ func (s *Server) handleTopics(c *fiber.Ctx) error {
 		// A page holds only the topics the token may read (it may hold
 		// fewer than limit; the next cursor still pages on).
 		page = slices.DeleteFunc(page, func(t stream.TopicInfo) bool { return !claims.CanRead(t.Topic) })
+	}
+	if src, ok := s.cfg.Feeds.(feeds.SourceReporter); ok {
+		for i := range page {
+			page[i].Feed, page[i].BackupFor = src.SourceOf(page[i].Topic)
+		}
 	}
 	return c.JSON(page)
 }

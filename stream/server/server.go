@@ -34,7 +34,9 @@ type Config struct {
 	// Bus is the topic bus to serve. Required.
 	Bus *stream.Bus
 	// Feeds reports feed states for /api/feeds and /readyz. Zero value
-	// means no feeds: /readyz is ready while the server runs.
+	// means no feeds: /readyz is ready while the server runs. If it also
+	// reports sources (feeds.SourceReporter, as feeds.Supervisor does),
+	// /api/topics names each topic's feed (feed, backup_for).
 	Feeds feeds.StatusReporter
 	// PublishSink receives ticks from POST /api/publish. Zero value means
 	// Bus.Sink("http").
