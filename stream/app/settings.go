@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"reflect"
 	"regexp"
@@ -50,6 +51,7 @@ type Settings struct {
 	RetentionAge      string  `yaml:"retention_age" help:"how long the store keeps a tick after it was accepted, e.g. 24h (0 = no bound by age)" default:"24h"`
 	StoreMaxBytes     int     `yaml:"store_max_bytes" help:"bytes of store pages in use past which the oldest ticks are pruned (0 = no bound)" default:"1073741824" min:"0" max:"1099511627776"`
 	Sync              string  `yaml:"sync" help:"store sync policy: an interval (100ms: commit and fsync that often; a crash loses at most the ticks of the last interval) or always (a publish returns after its tick is on disk)" default:"100ms"`
+	PprofAddr         string  `yaml:"pprof_addr" help:"loopback address (e.g. 127.0.0.1:6060) serving net/http/pprof for profiling; empty = off" default:""`
 
 	// Auth: JWTs on /ws, /sse and the API (see the README's Auth section).
 	Auth                string `yaml:"auth" help:"off or on: on needs a valid JWT on /ws, /sse and the API, and one of the keys below" default:"off"`
@@ -264,6 +266,9 @@ func (s *Settings) validate() error {
 	if _, _, err := s.syncPolicy(); err != nil {
 		return &SettingError{Setting: "sync", Source: "value " + strconv.Quote(s.Sync), Err: err}
 	}
+	if err := checkLoopback(s.PprofAddr); err != nil {
+		return &SettingError{Setting: "pprof_addr", Source: "value " + strconv.Quote(s.PprofAddr), Err: err}
+	}
 	if s.Addr == "" {
 		return &SettingError{Setting: "addr", Source: "value \"\"", Err: errors.New("want host:port, e.g. :8080")}
 	}
@@ -340,4 +345,24 @@ func keyAtLine(data []byte, line string) string {
 		key = kv[0].Value
 	}
 	return key
+}
+
+// checkLoopback accepts "" (off) or host:port whose host is a loopback IP
+// or localhost: the profiler shows the process's internals, so it never
+// listens beyond the machine.
+func checkLoopback(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port on loopback, e.g. 127.0.0.1:6060")
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return errors.New("the profiler listens on loopback only: want 127.0.0.1:PORT, [::1]:PORT or localhost:PORT")
+	}
+	return nil
 }
