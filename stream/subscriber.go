@@ -143,23 +143,34 @@ func (s *Subscriber) push(m Message) {
 	s.signal()
 }
 
-// pushUpdate queues an encoded update; it never blocks. While lagging,
-// the update merges into the topic's pending one.
+// pushUpdate queues an encoded update and signals the writer; it never
+// blocks. While lagging, the update merges into the topic's pending one.
 func (s *Subscriber) pushUpdate(u *Update) {
+	if s.queueUpdate(u) {
+		s.signal()
+	}
+}
+
+// queueUpdate queues an encoded update without signalling. It reports
+// whether the writer needs a signal: only when the queue was empty, since
+// a non-empty queue was signalled when it became non-empty and the writer
+// drains it whole.
+func (s *Subscriber) queueUpdate(u *Update) bool {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return
+		return false
 	}
 	if s.lagging {
 		if i, ok := s.mergeable[u.Topic]; ok {
 			s.queue[i].merge(u)
 			s.bus.metrics.ticksCoalesced.Add(float64(u.Agg.N))
 			s.mu.Unlock()
-			return // already signalled when the entry was queued
+			return false // already signalled when the entry was queued
 		}
 		s.mergeable[u.Topic] = len(s.queue)
 	}
+	wasEmpty := len(s.queue) == 0
 	s.queue = append(s.queue, queued{Message: updateMessage(u), upd: u})
 	s.pending += len(u.json) + entryOverhead
 	if !s.lagging && s.pending+s.inflight > s.bus.cfg.MaxPendingBytes {
@@ -167,7 +178,7 @@ func (s *Subscriber) pushUpdate(u *Update) {
 	}
 	s.checkHardLimitLocked()
 	s.mu.Unlock()
-	s.signal()
+	return wasEmpty
 }
 
 func updateMessage(u *Update) Message {
