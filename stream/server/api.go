@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -160,10 +159,17 @@ func (s *Server) handlePublish(c *fiber.Ctx) error {
 			return apiError(c, fiber.StatusBadRequest, "bad_json", "the body starts with [ but is not a JSON array: "+err.Error())
 		}
 	} else {
-		sc := bufio.NewScanner(bytes.NewReader(body))
-		sc.Buffer(make([]byte, 0, 64<<10), s.cfg.MaxPublishBytes)
-		for line := 1; sc.Scan(); line++ {
-			raw := bytes.TrimSpace(sc.Bytes())
+		// The body is in memory: split it in place (a Scanner would
+		// allocate a 64 KiB buffer per request).
+		rest := body
+		for line := 1; len(rest) > 0; line++ {
+			raw := rest
+			if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+				raw, rest = rest[:i], rest[i+1:]
+			} else {
+				rest = nil
+			}
+			raw = bytes.TrimSpace(raw)
 			if len(raw) == 0 {
 				continue
 			}
