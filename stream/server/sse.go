@@ -35,6 +35,21 @@ type sseTransport struct {
 	dirty    bool   // the inline cursor is out of date
 }
 
+// writeDeadline returns the deadline for a write starting now: the one in
+// effect while it is at least 7/8 of the timeout away, else a fresh one.
+// The runtime re-arms a timer each time a socket's deadline changes, so a
+// busy stream that keeps its deadline for a while spares that per batch,
+// and a write still gets between 7/8 and all of the timeout. (The
+// WebSocket library sets the deadline before every write itself, so only
+// SSE uses this.)
+func writeDeadline(cur *time.Time, timeout time.Duration) time.Time {
+	now := time.Now()
+	if cur.Sub(now) < timeout-timeout/8 {
+		*cur = now.Add(timeout)
+	}
+	return *cur
+}
+
 // sseBufferBytes is the size of a lent SSE write buffer.
 const sseBufferBytes = 64 << 10
 

@@ -79,28 +79,14 @@ func (s *Server) initWS() {
 // library's lent write buffer (no buffer of our own), so a batch up to
 // wsWriteBufferBytes is one frame and one write.
 type wsTransport struct {
-	conn     *fastws.Conn
-	timeout  time.Duration
-	deadline time.Time // the write deadline in effect
+	conn    *fastws.Conn
+	timeout time.Duration
 }
 
 var newline = []byte{'\n'}
 
-// writeDeadline returns the deadline for a write starting now: the one in
-// effect while it is at least 7/8 of the timeout away, else a fresh one.
-// The library sets the socket's deadline before every write; passing the
-// same instant spares the runtime re-arming its timer on each batch, and
-// a write still gets between 7/8 and all of the timeout.
-func writeDeadline(cur *time.Time, timeout time.Duration) time.Time {
-	now := time.Now()
-	if cur.Sub(now) < timeout-timeout/8 {
-		*cur = now.Add(timeout)
-	}
-	return *cur
-}
-
 func (t *wsTransport) WriteBatch(msgs []stream.Message) error {
-	if err := t.conn.SetWriteDeadline(writeDeadline(&t.deadline, t.timeout)); err != nil {
+	if err := t.conn.SetWriteDeadline(time.Now().Add(t.timeout)); err != nil {
 		return err
 	}
 	if len(msgs) == 1 && len(msgs[0].JSON) <= wsWriteBufferBytes-wsMaxFrameHeader {
@@ -127,7 +113,7 @@ func (t *wsTransport) WriteBatch(msgs []stream.Message) error {
 }
 
 func (t *wsTransport) Heartbeat() error {
-	return t.conn.WriteControl(fastws.PingMessage, nil, writeDeadline(&t.deadline, t.timeout))
+	return t.conn.WriteControl(fastws.PingMessage, nil, time.Now().Add(t.timeout))
 }
 
 func (s *Server) serveWS(c *websocket.Conn) {
