@@ -158,6 +158,11 @@ func (f *flusher) stopIfIdle() bool {
 	return true
 }
 
+// maxKeptWake is the longest wake list a flusher keeps between passes
+// (512 KiB): a pass that wakes as many subscribers allocates nothing for
+// the list the next time.
+const maxKeptWake = 1 << 16
+
 // flush flushes the queued groups and returns how many there were.
 func (f *flusher) flush() int {
 	f.mu.Lock()
@@ -178,7 +183,7 @@ func (f *flusher) flush() int {
 		s.signal()
 	}
 	clear(f.wake)
-	if cap(f.wake) > 4096 {
+	if cap(f.wake) > maxKeptWake {
 		f.wake = nil // a burst's list is not kept
 	} else {
 		f.wake = f.wake[:0]
