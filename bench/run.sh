@@ -5,7 +5,7 @@
 #
 #   bench/run.sh [--scale F] [--runs N] [--duration D] [--scenarios "A B C D E F"]
 #                [--servers "tickstream reference"] [--pin-server CPUS] [--pin-generator CPUS]
-#                [--out DIR]
+#                [--out DIR] [--tickstream-bin PATH]
 #
 # --scale multiplies the number of clients (not the tick rates); use 0.1 on
 # a small box. The full run (scale 1) is meant for a 16-core machine with
@@ -13,7 +13,7 @@
 set -euo pipefail
 
 SCALE=1 RUNS=3 DURATION=15s SCENARIOS="A B C D E F" SERVERS="tickstream reference"
-PIN_SERVER="" PIN_GEN="" OUT=""
+PIN_SERVER="" PIN_GEN="" OUT="" TS_BIN=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--scale) SCALE=$2; shift 2 ;;
@@ -24,7 +24,8 @@ while [ $# -gt 0 ]; do
 	--pin-server) PIN_SERVER=$2; shift 2 ;;
 	--pin-generator) PIN_GEN=$2; shift 2 ;;
 	--out) OUT=$2; shift 2 ;;
-	-h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+	--tickstream-bin) TS_BIN=$2; shift 2 ;; # a prebuilt tickstream (e.g. a before/after comparison)
+	-h|--help) sed -n '2,14p' "$0"; exit 0 ;;
 	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
@@ -39,7 +40,8 @@ RESULTS=$OUT/results.jsonl
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 echo "run.sh: building into $BIN" >&2
-(cd "$ROOT" && go build -o "$BIN/tickstream" ./cmd/tickstream && go build -o "$BIN/tickbench" ./cmd/tickbench)
+(cd "$ROOT" && go build -o "$BIN/tickbench" ./cmd/tickbench)
+if [ -n "$TS_BIN" ]; then cp "$TS_BIN" "$BIN/tickstream"; else (cd "$ROOT" && go build -o "$BIN/tickstream" ./cmd/tickstream); fi
 (cd "$ROOT/bench/reference" && go build -o "$BIN/reference" .)
 
 # tickstream with one quiet sim feed on a topic the benchmark does not use.

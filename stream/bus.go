@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -227,10 +229,12 @@ type Bus struct {
 	// its scan of the topics and its registration with the bus.
 	testHookScanned func(s *Subscriber)
 
-	flMu     sync.Mutex
-	flushers map[time.Duration]*flusher
-	flClosed bool
-	wg       sync.WaitGroup
+	flMu      sync.Mutex
+	flushers  map[time.Duration]*flusher // by interval, but 0
+	instant   []atomic.Pointer[flusher]  // the instant flushers (interval 0), by shard; started on first use
+	nextShard atomic.Uint32              // round-robin shard of the next topic
+	flClosed  bool
+	wg        sync.WaitGroup
 }
 
 // NewBus returns a running bus.
@@ -249,6 +253,7 @@ func NewBus(cfg BusConfig) (*Bus, error) {
 		flushers: make(map[time.Duration]*flusher),
 		perFeed:  make(map[string]int),
 		tombs:    make(map[string]uint64),
+		instant:  make([]atomic.Pointer[flusher], max(1, runtime.GOMAXPROCS(0))),
 	}
 	pending := b.pendingBytes
 	b.metrics.pending.Store(&pending)
@@ -844,6 +849,11 @@ func (b *Bus) Close(ctx context.Context) error {
 	for d, f := range b.flushers {
 		close(f.quit)
 		delete(b.flushers, d)
+	}
+	for i := range b.instant {
+		if f := b.instant[i].Swap(nil); f != nil {
+			close(f.quit)
+		}
 	}
 	b.flMu.Unlock()
 	done := make(chan struct{})

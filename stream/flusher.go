@@ -17,12 +17,14 @@ type flusher struct {
 	bus      *Bus
 	interval time.Duration
 	quit     chan struct{}
-	wake     chan struct{} // interval 0 only; cap 1
+	signal   chan struct{} // interval 0 only; cap 1
 
 	mu      sync.Mutex // last in the lock order: taken with topic.mu held
 	dirty   []*group
 	spare   []*group // the flusher goroutine's own
 	stopped bool     // ended while idle: schedule must start another
+
+	wake []*Subscriber // the flusher goroutine's own: to signal after a pass
 
 	queued atomic.Int64 // groups added and not yet flushed (tests wait on it)
 }
@@ -30,12 +32,37 @@ type flusher struct {
 // schedule queues g, whose window just got its first tick, on the flusher
 // of its interval. Called with g.topic.mu held.
 func (b *Bus) schedule(g *group) {
+	if g.interval == 0 {
+		b.instantFlusher(g.topic.shard).add(g)
+		return
+	}
 	for !b.flusherFor(g.interval).add(g) {
 	}
 }
 
-// flusherFor returns the running flusher for interval, starting it.
-// Called with a topic.mu held, so it must not take Bus.mu.
+// instantFlusher returns the running instant flusher of shard, starting
+// it. Instant flushers never stop before Close.
+func (b *Bus) instantFlusher(shard int) *flusher {
+	if f := b.instant[shard].Load(); f != nil {
+		return f
+	}
+	b.flMu.Lock()
+	defer b.flMu.Unlock()
+	if f := b.instant[shard].Load(); f != nil {
+		return f
+	}
+	f := &flusher{bus: b, quit: make(chan struct{}), signal: make(chan struct{}, 1)}
+	if b.flClosed {
+		return f // never runs: nothing is delivered after Close
+	}
+	b.instant[shard].Store(f)
+	b.wg.Add(1)
+	go f.runInstant()
+	return f
+}
+
+// flusherFor returns the running flusher for a non-zero interval,
+// starting it. Called with a topic.mu held, so it must not take Bus.mu.
 func (b *Bus) flusherFor(interval time.Duration) *flusher {
 	b.flMu.Lock()
 	defer b.flMu.Unlock()
@@ -43,19 +70,12 @@ func (b *Bus) flusherFor(interval time.Duration) *flusher {
 		return f
 	}
 	f := &flusher{bus: b, interval: interval, quit: make(chan struct{})}
-	if interval == 0 {
-		f.wake = make(chan struct{}, 1)
-	}
 	if b.flClosed {
 		return f // never runs: nothing is delivered after Close
 	}
 	b.flushers[interval] = f
 	b.wg.Add(1)
-	if interval == 0 {
-		go f.runInstant()
-	} else {
-		go f.run()
-	}
+	go f.run()
 	return f
 }
 
@@ -69,9 +89,9 @@ func (f *flusher) add(g *group) bool {
 	}
 	f.dirty = append(f.dirty, g)
 	f.queued.Add(1)
-	if f.wake != nil {
+	if f.signal != nil {
 		select {
-		case f.wake <- struct{}{}:
+		case f.signal <- struct{}{}:
 		default:
 		}
 	}
@@ -84,7 +104,7 @@ func (f *flusher) runInstant() {
 		select {
 		case <-f.quit:
 			return
-		case <-f.wake:
+		case <-f.signal:
 			f.flush()
 		}
 	}
@@ -138,6 +158,11 @@ func (f *flusher) stopIfIdle() bool {
 	return true
 }
 
+// maxKeptWake is the longest wake list a flusher keeps between passes
+// (512 KiB): a pass that wakes as many subscribers allocates nothing for
+// the list the next time.
+const maxKeptWake = 1 << 16
+
 // flush flushes the queued groups and returns how many there were.
 func (f *flusher) flush() int {
 	f.mu.Lock()
@@ -148,11 +173,20 @@ func (f *flusher) flush() int {
 		t := g.topic
 		t.mu.Lock()
 		if !g.removed {
-			g.flush()
+			g.flush(&f.wake)
 		} else {
 			g.dirty = false
 		}
 		t.mu.Unlock()
+	}
+	for _, s := range f.wake {
+		s.signal()
+	}
+	clear(f.wake)
+	if cap(f.wake) > maxKeptWake {
+		f.wake = nil // a burst's list is not kept
+	} else {
+		f.wake = f.wake[:0]
 	}
 	n := len(list)
 	f.queued.Add(-int64(n))

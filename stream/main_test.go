@@ -390,15 +390,16 @@ func drainAll(s *Subscriber) []Message {
 	return batch
 }
 
-// settle waits until the instant flusher has fanned out every throttle-0
-// tick published so far, so that tests read queues deterministically.
+// settle waits until the instant flushers have fanned out every
+// throttle-0 tick published so far, so that tests read queues
+// deterministically.
 func settle(b *Bus) {
-	b.flMu.Lock()
-	f := b.flushers[0]
-	b.flMu.Unlock()
 	deadline := time.Now().Add(10 * time.Second)
-	for f != nil && f.queued.Load() > 0 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Microsecond)
+	for i := range b.instant {
+		f := b.instant[i].Load()
+		for f != nil && f.queued.Load() > 0 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Microsecond)
+		}
 	}
 }
 

@@ -47,10 +47,13 @@ type topic struct {
 	rateSec   int64 // Unix second of rateCount
 	rateCount int   // ticks accepted in second rateSec
 	ratePrev  int   // ticks accepted in the second before rateSec
+
+	shard int // which instant flusher fans out its throttle-0 ticks
 }
 
 func newTopic(b *Bus, name string) *topic {
 	t := &topic{name: name, bus: b, groups: make(map[time.Duration]*group)}
+	t.shard = int(b.nextShard.Add(1) % uint32(len(b.instant)))
 	t.candles = make([]candleRing, len(CandleIntervals))
 	for i, iv := range CandleIntervals {
 		t.candles[i].ms = iv.MS
@@ -197,17 +200,27 @@ func (t *topic) publishLocked(tk *tick.Tick, accepted time.Time, seq uint64) (ui
 }
 
 // fanout puts u on every member's queue. Called with topic.mu held.
-func (g *group) fanout(u *Update, members []*membership) {
+// With wake set, the members whose queue was empty are added to it
+// instead of being signalled: the flusher signals them once its pass
+// ends, so that a subscriber's updates of one pass go out in one write.
+func (g *group) fanout(u *Update, members []*membership, wake *[]*Subscriber) {
 	for _, m := range members {
-		m.sub.pushUpdate(u)
+		if m.sub.queueUpdate(u) {
+			if wake != nil {
+				*wake = append(*wake, m.sub)
+			} else {
+				m.sub.signal()
+			}
+		}
 	}
 	if n := u.Agg.N - 1; n > 0 {
 		g.topic.bus.metrics.ticksCoalesced.Add(float64(n))
 	}
 }
 
-// flush closes the group's window. Called by a flusher with topic.mu held.
-func (g *group) flush() {
+// flush closes the group's window. Called by a flusher with topic.mu held;
+// wake is as for fanout.
+func (g *group) flush(wake *[]*Subscriber) {
 	g.dirty = false
 	t := g.topic
 	epoch := t.bus.cfg.Epoch
@@ -216,10 +229,10 @@ func (g *group) flush() {
 			w := &g.instant[i]
 			last := w.seq
 			u := w.take(t.name, epoch).encoded()
-			g.fanout(u, g.members)
+			g.fanout(u, g.members, wake)
 			for _, j := range g.joins {
 				if last > j.afterSeq {
-					g.fanout(u, j.members)
+					g.fanout(u, j.members, wake)
 				}
 			}
 		}
@@ -231,9 +244,9 @@ func (g *group) flush() {
 	} else if !g.win.empty() {
 		u := g.win.take(t.name, epoch)
 		if len(g.members) > 0 {
-			g.fanout(u.encoded(), g.members)
+			g.fanout(u.encoded(), g.members, wake)
 		}
-		g.flushJoins()
+		g.flushJoins(wake)
 	}
 	for _, j := range g.joins {
 		for _, m := range j.members {
@@ -250,7 +263,7 @@ func (g *group) flush() {
 // folded from history in one backward pass over the window's ticks (joins
 // are in increasing afterSeq order). A member whose join point history no
 // longer reaches gets reset and a snapshot instead.
-func (g *group) flushJoins() {
+func (g *group) flushJoins(wake *[]*Subscriber) {
 	t := g.topic
 	var suffix window // the ticks after seq, oldest first
 	seq, i := t.seq, len(t.hist)-1
@@ -272,7 +285,7 @@ func (g *group) flushJoins() {
 		}
 		if !suffix.empty() {
 			w := suffix // take empties its copy only
-			g.fanout(w.take(t.name, t.bus.cfg.Epoch).encoded(), j.members)
+			g.fanout(w.take(t.name, t.bus.cfg.Epoch).encoded(), j.members, wake)
 		}
 	}
 }

@@ -7,8 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -198,6 +201,13 @@ func RunListener(ctx context.Context, s Settings, ln net.Listener, log *slog.Log
 		return err
 	}
 
+	stopPprof, err := startPprof(s.PprofAddr, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer stopPprof()
+
 	sup.Start()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -366,4 +376,42 @@ func cursorShare(n *cluster.Node) server.CursorShare {
 		return nil
 	}
 	return n
+}
+
+// startPprof serves net/http/pprof (CPU, heap, goroutine, block, mutex
+// and allocs profiles, execution traces) on addr (loopback, checked by
+// validate) until the returned stop is called; "" serves nothing. It uses
+// its own mux, so nothing else is exposed there and the main listener
+// never serves the profiler.
+func startPprof(addr string, log *slog.Logger) (stop func(), err error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, &SettingError{Setting: "pprof_addr", Source: "value " + addr, Err: err}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = hs.Serve(ln)
+	}()
+	// Block and mutex profiles are sampled only while the profiler is on:
+	// blocking events of 10 µs or more, one in 10 mutex contentions.
+	runtime.SetBlockProfileRate(10_000)
+	runtime.SetMutexProfileFraction(10)
+	log.Info("pprof listening", "url", "http://"+ln.Addr().String()+"/debug/pprof/")
+	return func() {
+		_ = hs.Close()
+		<-done
+		runtime.SetBlockProfileRate(0)
+		runtime.SetMutexProfileFraction(0)
+	}, nil
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"reflect"
 	"regexp"
@@ -52,6 +53,7 @@ type Settings struct {
 	Sync              string  `yaml:"sync" help:"store sync policy: an interval (100ms: commit and fsync that often; a crash loses at most the ticks of the last interval) or always (a publish returns after its tick is on disk)" default:"100ms"`
 	NATS              string  `yaml:"nats" help:"NATS URL(s), e.g. nats://127.0.0.1:4222: this node joins the cluster of every node on that NATS (JetStream), sharing seqs, history and feeds; empty = a single node" default:""`
 	NATSLeaseMS       int     `yaml:"nats_lease_ms" help:"with nats: how long a feed lease lives without renewal; a feed moves to a live node within about this long after its node dies" default:"5000" min:"300" max:"600000"`
+	PprofAddr         string  `yaml:"pprof_addr" help:"loopback address (e.g. 127.0.0.1:6060) serving net/http/pprof for profiling; empty = off" default:""`
 
 	// Auth: JWTs on /ws, /sse and the API (see the README's Auth section).
 	Auth                string `yaml:"auth" help:"off or on: on needs a valid JWT on /ws, /sse and the API, and one of the keys below" default:"off"`
@@ -283,6 +285,9 @@ func (s *Settings) validate() error {
 	if (s.TLSCert == "") != (s.TLSKey == "") {
 		return &SettingError{Setting: "tls_cert", Source: "tls_cert and tls_key", Err: errors.New("set both or neither")}
 	}
+	if err := checkLoopback(s.PprofAddr); err != nil {
+		return &SettingError{Setting: "pprof_addr", Source: "value " + strconv.Quote(s.PprofAddr), Err: err}
+	}
 	if s.Addr == "" {
 		return &SettingError{Setting: "addr", Source: "value \"\"", Err: errors.New("want host:port, e.g. :8080")}
 	}
@@ -359,4 +364,24 @@ func keyAtLine(data []byte, line string) string {
 		key = kv[0].Value
 	}
 	return key
+}
+
+// checkLoopback accepts "" (off) or host:port whose host is a loopback IP
+// or localhost: the profiler shows the process's internals, so it never
+// listens beyond the machine.
+func checkLoopback(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port on loopback, e.g. 127.0.0.1:6060")
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return errors.New("the profiler listens on loopback only: want 127.0.0.1:PORT, [::1]:PORT or localhost:PORT")
+	}
+	return nil
 }

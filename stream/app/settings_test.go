@@ -94,6 +94,8 @@ func TestSettingsErrors(t *testing.T) {
 		{"missing config file", []string{"--config", "/nonexistent/tickstream.yaml"}, nil, "", "setting config "},
 		{"auth neither off nor on", []string{"--auth", "yes"}, nil, "", "setting auth "},
 		{"auth on without a key", nil, map[string]string{"TICKSTREAM_AUTH": "on"}, "", "setting auth "},
+		{"pprof beyond loopback", []string{"--pprof-addr", "0.0.0.0:6060"}, nil, "", "setting pprof_addr "},
+		{"pprof without a port", nil, map[string]string{"TICKSTREAM_PPROF_ADDR": "127.0.0.1"}, "", "setting pprof_addr "},
 		{"short HS256 secret", []string{"--auth", "on", "--auth-hs256-secret", "short"}, nil, "", "setting auth_hs256_secret "},
 	}
 	for _, tt := range tests {

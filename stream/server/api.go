@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -252,18 +251,25 @@ func ParsePublish(body []byte, maxLine int, fn func(line int, raw []byte, err er
 		}
 		return nil
 	}
-	sc := bufio.NewScanner(bytes.NewReader(body))
-	sc.Buffer(make([]byte, 0, min(64<<10, maxLine)), maxLine)
-	line := 1
-	for ; sc.Scan(); line++ {
-		raw := bytes.TrimSpace(sc.Bytes())
+	// The body is in memory: split it in place (a Scanner would allocate
+	// a 64 KiB buffer per request).
+	rest := body
+	for line := 1; len(rest) > 0; line++ {
+		raw := rest
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			raw, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = nil
+		}
+		if len(raw) > maxLine {
+			fn(line, nil, fmt.Errorf("line too long: %d bytes, at most %d", len(raw), maxLine))
+			continue
+		}
+		raw = bytes.TrimSpace(raw)
 		if len(raw) == 0 {
 			continue
 		}
-		fn(line, append([]byte(nil), raw...), nil)
-	}
-	if err := sc.Err(); err != nil {
-		fn(line, nil, fmt.Errorf("line too long: %w", err))
+		fn(line, raw, nil)
 	}
 	return nil
 }

@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -21,19 +21,42 @@ import (
 
 // sseTransport writes messages as SSE events and keeps the stream's
 // cursor: inline while it is short, then a reference into its cursor log.
+// It writes straight to the hijacked socket through a buffer lent from
+// ssePool only while it writes (an idle stream holds none), so a batch
+// up to sseBufferBytes is one write, with no copy but into that buffer.
 type sseTransport struct {
-	w       *bufio.Writer
-	conn    net.Conn
+	w       *bufio.Writer // lent between begin and flush
+	conn    net.Conn      // the hijacked connection
 	timeout time.Duration
-	// deadline is the write deadline armed before the current batch.
+	// deadline is the write deadline in effect (see writeDeadline).
 	deadline time.Time
 	log      *cursorLog
 	id       []byte // the cursor after the last message
 	dirty    bool   // the inline cursor is out of date
 }
 
+// writeDeadline returns the deadline for a write starting now: the one in
+// effect while it is at least 7/8 of the timeout away, else a fresh one.
+// The runtime re-arms a timer each time a socket's deadline changes, so a
+// busy stream that keeps its deadline for a while spares that per batch,
+// and a write still gets between 7/8 and all of the timeout. (The
+// WebSocket library sets the deadline before every write itself, so only
+// SSE uses this.)
+func writeDeadline(cur *time.Time, timeout time.Duration) time.Time {
+	now := time.Now()
+	if cur.Sub(now) < timeout-timeout/8 {
+		*cur = now.Add(timeout)
+	}
+	return *cur
+}
+
+// sseBufferBytes is the size of a lent SSE write buffer.
+const sseBufferBytes = 64 << 10
+
+var ssePool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, sseBufferBytes) }}
+
 func (t *sseTransport) WriteBatch(msgs []stream.Message) error {
-	t.arm()
+	t.begin()
 	for i := range msgs {
 		m := &msgs[i]
 		n, changed, ref := t.log.advance(m.Topic, m.Epoch, m.Seq)
@@ -58,32 +81,43 @@ func (t *sseTransport) WriteBatch(msgs []stream.Message) error {
 }
 
 func (t *sseTransport) Heartbeat() error {
-	t.arm()
+	t.begin()
 	_, _ = t.w.WriteString(": hb\n\n")
 	return t.flush()
 }
 
-// arm sets the write deadline for the writes that follow.
-func (t *sseTransport) arm() {
-	t.deadline = time.Now().Add(t.timeout)
-	if t.conn != nil {
-		_ = t.conn.SetWriteDeadline(t.deadline)
+// begin borrows a buffer and arms the write deadline for the writes that
+// follow; flush writes and returns the buffer.
+func (t *sseTransport) begin() {
+	if t.w == nil {
+		t.w = ssePool.Get().(*bufio.Writer)
+		t.w.Reset(t.conn)
+	}
+	prev := t.deadline
+	if d := writeDeadline(&t.deadline, t.timeout); !d.Equal(prev) {
+		_ = t.conn.SetWriteDeadline(d)
 	}
 }
 
 func (t *sseTransport) flush() error {
-	if t.conn != nil {
-		_ = t.conn.SetWriteDeadline(time.Now().Add(t.timeout))
+	if t.w == nil {
+		return nil
 	}
 	err := t.w.Flush()
-	if err != nil && t.conn != nil && !time.Now().Before(t.deadline) {
-		// fasthttp copies the stream to the socket from its own goroutine
-		// through a pipe, so a write stuck past the deadline shows here as
-		// a closed pipe: report it as the timeout it was.
-		return os.ErrDeadlineExceeded
-	}
+	t.w.Reset(nil)
+	ssePool.Put(t.w)
+	t.w = nil
 	return err
 }
+
+// sseHead is the response head of an event stream. The body ends when
+// the connection closes (no length, not chunked): a stream is never
+// followed by another response on its connection.
+const sseHead = "HTTP/1.1 200 OK\r\n" +
+	"Content-Type: text/event-stream\r\n" +
+	"Cache-Control: no-cache\r\n" +
+	"Connection: close\r\n" +
+	"X-Accel-Buffering: no\r\n\r\n"
 
 // sseError answers a request that cannot start a stream.
 func sseError(c *fiber.Ctx, status int, code, msg string) error {
@@ -184,11 +218,6 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 		return s.refuseRetry(c, fiber.StatusServiceUnavailable, "shutting_down", "server is shutting down")
 	}
 	ca := s.startAuth(sub, claims)
-	c.Set(fiber.HeaderContentType, "text/event-stream")
-	c.Set(fiber.HeaderCacheControl, "no-cache")
-	c.Set(fiber.HeaderConnection, "keep-alive")
-	c.Set("X-Accel-Buffering", "no")
-	conn := c.Context().Conn()
 	hb := s.bus.Config().Heartbeat
 	log := s.cursors.newLog(sub.Session())
 	// Start from the resumed positions, so that the next id still names
@@ -196,14 +225,22 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 	for topic, cur := range resume {
 		log.advance(topic, cur.Epoch, cur.Seq)
 	}
-	// The stream writer runs on its own goroutine (fasthttp pipes it to
-	// the connection); conn is only used for write deadlines.
-	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+	// The stream takes the connection over (as a WebSocket does): its
+	// writer writes the response and the events straight to the socket,
+	// on the goroutine fasthttp runs the hijack handler on, and fasthttp
+	// closes the connection when it returns.
+	c.Context().HijackSetNoResponse(true)
+	c.Context().Hijack(func(conn net.Conn) {
 		defer s.closeStream(sub)
 		defer ca.stop()
 		defer s.cursors.ended(log)
-		defer func() { _ = conn.SetWriteDeadline(time.Time{}) }() // the connection may be kept alive
-		fmt.Fprintf(w, "retry: %d\n\n", s.retryHint().Milliseconds())
+		t := &sseTransport{conn: conn, timeout: s.cfg.WriteTimeout, log: log, dirty: true}
+		t.begin()
+		_, _ = t.w.WriteString(sseHead)
+		fmt.Fprintf(t.w, "retry: %d\n\n", s.retryHint().Milliseconds())
+		if err := t.flush(); err != nil {
+			return
+		}
 		sub.Send(protocol.TypeWelcome, protocol.EncodeWelcome(sub.Session(), hb.Milliseconds(), time.Now().UnixMilli()))
 		if expired {
 			sub.Send(protocol.TypeError, protocol.EncodeError(nil, protocol.CodeBadResume, "Last-Event-ID has expired: the stream starts afresh"))
@@ -211,18 +248,18 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 		if len(req.Topics) > 0 {
 			_, _ = sub.Subscribe(req)
 		}
-		t := &sseTransport{w: w, conn: conn, timeout: s.cfg.WriteTimeout, log: log, dirty: true}
 		err := sub.Deliver(context.Background(), t)
 		var d *protocol.Disconnect
 		var ne net.Error
 		switch {
 		case errors.As(err, &d):
+			t.begin()
 			if d == disconnectTokenExpired {
-				fmt.Fprintf(w, "event: error\ndata: %s\n\n", protocol.EncodeError(nil, protocol.CodeTokenExpired,
+				fmt.Fprintf(t.w, "event: error\ndata: %s\n\n", protocol.EncodeError(nil, protocol.CodeTokenExpired,
 					"the stream's token expired: reconnect with a fresh token (or refresh it before expiry with POST /api/sse/<session>)"))
 			}
 			// Tell the client when to come back, then end the stream.
-			fmt.Fprintf(w, "retry: %d\n\n", s.retryHint().Milliseconds())
+			fmt.Fprintf(t.w, "retry: %d\n\n", s.retryHint().Milliseconds())
 			_ = t.flush()
 		case errors.As(err, &ne) && ne.Timeout():
 			s.bus.Metrics().SlowClose()

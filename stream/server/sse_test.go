@@ -1,8 +1,11 @@
 package server_test
 
 import (
+	"bytes"
+	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -266,4 +269,48 @@ func TestSSEBadRequest(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An SSE stream runs on one goroutine of the server, writing straight to
+// its socket: no second goroutine copying the stream through a pipe to the
+// connection (as fasthttp's body stream writer does).
+func TestSSEStreamIsOneGoroutine(t *testing.T) {
+	e := startServer(t, nil)
+	open := func() net.Conn {
+		c, err := net.DialTimeout("tcp", e.addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("GET /sse HTTP/1.1\r\nHost: " + e.addr + "\r\nAccept: text/event-stream\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		buf := make([]byte, 4096)
+		for !bytes.Contains(got, []byte("event: welcome")) {
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("reading the stream's head: %v (got %q)", err, got)
+			}
+			got = append(got, buf[:n]...)
+		}
+		if !bytes.HasPrefix(got, []byte("HTTP/1.1 200 OK\r\n")) || !bytes.Contains(got, []byte("Content-Type: text/event-stream")) {
+			t.Fatalf("response %q: want 200 and text/event-stream", got)
+		}
+		return c
+	}
+	open() // warm: fasthttp's worker pool, the bus
+	const n = 20
+	before := runtime.NumGoroutine()
+	for range n {
+		open()
+	}
+	var per float64
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if per = float64(runtime.NumGoroutine()-before) / n; per <= 1.25 {
+			return
+		}
+	}
+	t.Fatalf("%.2f goroutines per open SSE stream, want 1", per)
 }

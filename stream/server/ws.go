@@ -37,6 +37,10 @@ var wsBufferPool sync.Pool
 // the most a client stuck past its write deadline pins besides its queue.
 const wsWriteBufferBytes = 64 << 10
 
+// wsMaxFrameHeader is the most a server frame's header takes in the
+// write buffer.
+const wsMaxFrameHeader = 14
+
 // wsReadBufferBytes is the WebSocket reader's buffer. fasthttp's own
 // 4 KiB connection reader already sits beneath it and batches the
 // socket reads, so this one only needs to hold a frame header and a
@@ -85,6 +89,12 @@ var newline = []byte{'\n'}
 func (t *wsTransport) WriteBatch(msgs []stream.Message) error {
 	if err := t.conn.SetWriteDeadline(time.Now().Add(t.timeout)); err != nil {
 		return err
+	}
+	if len(msgs) == 1 && len(msgs[0].JSON) <= wsWriteBufferBytes-wsMaxFrameHeader {
+		// One message that fits the buffer (the usual batch at low
+		// rates): the library's allocation-free path, one frame and one
+		// write.
+		return t.conn.WriteMessage(fastws.TextMessage, msgs[0].JSON)
 	}
 	w, err := t.conn.NextWriter(fastws.TextMessage)
 	if err != nil {
