@@ -724,11 +724,30 @@ type countingSink struct {
 }
 
 func (c *countingSink) Publish(t Tick) error {
-	if err := c.next.Publish(t); err != nil {
+	_, err := c.PublishSeq(t)
+	return err
+}
+
+// seqSink is a sink that reports the seq each tick got (the bus's).
+type seqSink interface {
+	PublishSeq(Tick) (uint64, error)
+}
+
+// PublishSeq is Publish that also returns the tick's seq when the sink
+// behind it reports one (0 otherwise), for publish acks.
+func (c *countingSink) PublishSeq(t Tick) (uint64, error) {
+	var seq uint64
+	var err error
+	if ss, ok := c.next.(seqSink); ok {
+		seq, err = ss.PublishSeq(t)
+	} else {
+		err = c.next.Publish(t)
+	}
+	if err != nil {
 		if Refused(err) {
 			c.ReportDrop(ReasonOf(err), err.Error())
 		}
-		return err
+		return 0, err
 	}
 	f := c.f
 	now := c.s.cfg.Now()
@@ -745,7 +764,7 @@ func (c *countingSink) Publish(t Tick) error {
 	if f.waitingTick.Load() && f.waitingTick.CompareAndSwap(true, false) {
 		c.s.markUp(f)
 	}
-	return nil
+	return seq, nil
 }
 
 // maxDropDetail bounds Status.LastDropError.

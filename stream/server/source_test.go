@@ -52,6 +52,9 @@ type busSink struct {
 
 func (s busSink) Publish(t feeds.Tick) error { return (*s.bus).Sink(s.feed).Publish(t) }
 
+// PublishSeq passes the bus's seq on, as stream.FeedSink does.
+func (s busSink) PublishSeq(t feeds.Tick) (uint64, error) { return (*s.bus).Sink(s.feed).PublishSeq(t) }
+
 // TestTopicsSayTheirFeed: /api/topics names the feed that last published
 // each topic, and while a backup feed stands in for a failed primary, the
 // primaries it covers (backup_for), from a real feeds.Supervisor.
@@ -124,4 +127,32 @@ func TestTopicsSayTheirFeed(t *testing.T) {
 
 	broken["exchange"].Store(false) // back: the simulator goes to standby
 	checkFor(t, 10*time.Second, 5*time.Millisecond, want("exchange"))
+}
+
+// TestHTTPPublishThroughSupervisorReportsSeqs: as the command wires it,
+// POST /api/publish goes through the supervisor's external "http" sink,
+// which passes the bus's seqs on, so the answer's seqs are filled in.
+func TestHTTPPublishThroughSupervisorReportsSeqs(t *testing.T) {
+	t.Parallel()
+	var bus *stream.Bus
+	sup, err := feeds.NewSupervisor(feeds.SupervisorConfig{
+		Registry: &feeds.Registry{},
+		Sink:     func(name string) feeds.Sink { return busSink{bus: &bus, feed: name} },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startServer(t, func(_ *stream.BusConfig, sc *server.Config) {
+		sc.Feeds = sup
+		sc.PublishSink = sup.ExternalSink("http", "http")
+	})
+	bus = e.bus
+	var res struct {
+		Accepted int               `json:"accepted"`
+		Seqs     map[string]uint64 `json:"seqs"`
+	}
+	status, raw := e.post("/api/publish", "application/json", []byte(`[{"topic":"SQ","price":1},{"topic":"SQ","price":2}]`), &res)
+	if status != 200 || res.Accepted != 2 || res.Seqs["SQ"] != 2 {
+		t.Fatalf("got %d %s: want 2 accepted and seqs SQ=2", status, raw)
+	}
 }
