@@ -159,25 +159,7 @@ func dialRawWS(t testing.TB, addr string, rcvBuf int) net.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	req := "GET /ws HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := conn.Write([]byte(req)); err != nil {
-		t.Fatal(err)
-	}
-	var head []byte
-	b := make([]byte, 1)
-	for !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
-		if _, err := conn.Read(b); err != nil {
-			t.Fatalf("handshake: %v after %q", err, head)
-		}
-		head = append(head, b[0])
-	}
-	if !bytes.HasPrefix(head, []byte("HTTP/1.1 101")) {
-		t.Fatalf("handshake answered %q", head)
-	}
-	_ = conn.SetDeadline(time.Time{})
-	return conn
+	return upgradeRaw(t, conn, addr)
 }
 
 // maskedText is a client text frame (masked, as clients must send).

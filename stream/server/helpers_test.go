@@ -654,6 +654,14 @@ func rawWSHandshake(t testing.TB, addr string) net.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { conn.Close() })
+	return upgradeRaw(t, conn, addr)
+}
+
+// upgradeRaw sends a WebSocket handshake on conn and reads the response
+// head byte by byte, so that no frame after the 101 is consumed.
+func upgradeRaw(t testing.TB, conn net.Conn, addr string) net.Conn {
+	t.Helper()
 	req := "GET /ws HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
