@@ -5,9 +5,11 @@
 //
 // What it subscribes to: the board's visible rows (plus a margin), the
 // watchlist and the selected symbol. Every other row is refreshed by polling
-// GET /api/topics, which also brings in topics that appear later.
+// GET /api/topics, which also brings in topics that appear later. The depth
+// view lives in depth.js.
 
 import { Tickstream, Candles, TransportName } from './tickstream.js';
+import { DepthView } from './depth.js';
 
 const LWC = globalThis.LightweightCharts;
 const INTERVALS = { '1s': 1000, '1m': 60000, '5m': 300000, '1h': 3600000 };
@@ -1123,6 +1125,7 @@ function handleBatch(msgs) {
           if (chartState.reloadAfterSnapshot || chartState.unknown) loadChart(m.topic, chartState.interval, !chartState.unknown);
           tapeWant();
         }
+        sideTake(m);
         break;
       }
       case 'update': {
@@ -1143,6 +1146,7 @@ function handleBatch(msgs) {
           chartUpdate(m);
           tapeWant();
         }
+        sideTake(m);
         break;
       }
       case 'reset':
@@ -1207,6 +1211,7 @@ function render(now) {
   renderChart();
   renderChartHead();
   renderTape();
+  renderSide();
 }
 
 const STATE_TEXT = { live: 'Live', lagging: 'Lagging', reconnecting: 'Reconnecting', offline: 'Offline', connecting: 'Connecting' };
@@ -1438,11 +1443,55 @@ function init() {
   setInterval(loadFeeds, FEEDS_EVERY_MS);
   setInterval(syncSubs, 1000);
 
+  initSide();
   const want = wantedTopic();
   if (want) selectTopic(want);
   loadTopics();
   loadFeeds();
   client.start();
+}
+
+
+// ---- depth -------------------------------------------------------------------
+// The depth view of the selected symbol (depth.js).
+
+const side = {
+  data: new Map(), // topic -> merged data of its snapshots and updates
+  depth: null,
+};
+
+function sideTake(m) {
+  if (m.data) {
+    let d = side.data.get(m.topic);
+    if (!d || m.type === 'snapshot') { d = {}; side.data.set(m.topic, d); }
+    Object.assign(d, m.data);
+  }
+  if (side.depth && m.topic === side.depth.topic) side.depth.take(m);
+}
+
+function renderSide() {
+  if (side.depth) {
+    if (side.depth.topic !== chartState.topic) {
+      side.depth.reset(chartState.topic);
+      const d = side.data.get(chartState.topic);
+      if (d) side.depth.data = { ...d };
+    }
+    side.depth.render();
+  }
+}
+
+function initSide() {
+  side.depth = new DepthView({
+    spark: $('depth-spark'), best: $('depth-best'), book: $('depth-book'), bookBody: $('depth-book-rows'), colors: () => colors,
+    fmtPrice: (p, topic) => { const r = rows.get(topic); return fmtPrice(p, r ? rowDecimals(r) : 2); },
+    fmtSize,
+  });
+  // After the page's own handler (theme colours) has run.
+  $('theme').addEventListener('click', () => side.depth.render(true));
+  addEventListener('resize', () => side.depth.render(true));
+  Object.assign(globalThis.__tickstream, {
+    depth: () => side.depth.view(),
+  });
 }
 
 // Debug and test hook: read-only views of what the page shows.
