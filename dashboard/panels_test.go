@@ -11,7 +11,8 @@ import (
 	"github.com/chromedp/chromedp"
 )
 
-// Browser tests for what traders expect next (issue 9): the depth view.
+// Browser tests for what traders expect next (issue 9): the depth view,
+// two charts side by side.
 
 // publishRaw publishes ticks given as JSON objects (any numeric fields).
 func (ts *testServer) publishRaw(t *testing.T, ticks []map[string]any) {
@@ -98,5 +99,56 @@ func TestDepthView(t *testing.T) {
 	if len(ladder) != 3 || ladder[0][0] != "6" || ladder[2][0] != "" || ladder[2][3] != "11" {
 		t.Errorf("ladder after the update = %v; want bid size 6 on top and no third bid", ladder)
 	}
+	b.checkNoErrors(t)
+}
+
+type chart2View struct {
+	Topic, Interval string
+	Loading         bool
+	Bars            []bar
+	SeriesLen       int
+}
+
+// TestSplitCharts: the split layout shows a second chart with its own
+// symbol and interval, live and equal to /api/candles, side by side with
+// the main chart; the layout survives a reload.
+func TestSplitCharts(t *testing.T) {
+	ts := startServer(t, false, nil)
+	now := time.Now().UnixMilli()
+	ts.publishRaw(t, []map[string]any{{"topic": "SPLIT-T", "ts": now - 3000, "price": 50.25, "size": 2}, {"topic": "SPLIT-T", "ts": now - 2000, "price": 50.75, "size": 1.5}})
+	b := newBrowser(t, 1440, 900)
+	b.do(t, chromedp.EmulateViewport(1440, 900), chromedp.Navigate(ts.url("/#BTC-USD")))
+	waitBoardMoves(t, b)
+	b.do(t, chromedp.Click(chromedp.CSS(`#split button[data-split="2"]`)))
+	b.waitFor(t, "the second chart", 10*time.Second, `!document.getElementById('chart2-pane').hidden && __tickstream.chart2().topic !== null`)
+	b.do(t, chromedp.Evaluate[chromedp.Void](`(() => {
+		const s = document.getElementById('chart2-interval'); s.value = '1s'; s.dispatchEvent(new Event('change'));
+		const i = document.getElementById('chart2-topic'); i.value = 'SPLIT-T'; i.dispatchEvent(new Event('change'));
+	})()`))
+	b.waitFor(t, "SPLIT-T on the second chart", 15*time.Second, `(() => { const c = __tickstream.chart2(); return c.topic === 'SPLIT-T' && c.interval === '1s' && !c.loading && c.bars.length === 2 && c.seriesLen === 2; })()`)
+	b.waitFor(t, "SPLIT-T subscribed", 10*time.Second, `__tickstream.subscribed().includes('SPLIT-T')`)
+	ts.publishRaw(t, []map[string]any{{"topic": "SPLIT-T", "ts": time.Now().UnixMilli(), "price": 51.5, "size": 0.25}})
+	b.waitFor(t, "the live tick on the second chart", 10*time.Second, `(() => { const c = __tickstream.chart2(); return c.bars.length === 3 && c.bars[2].c === 51.5 && c.seriesLen === 3; })()`)
+	var cmp struct {
+		Page, Server []bar
+		Main         string
+		Side         bool
+	}
+	b.do(t, chromedp.Evaluate[chromedp.Void](`fetch('api/candles?topic=SPLIT-T&interval=1s&limit=500').then((r) => r.json()).then((s) => { window.__srv = s; })`))
+	b.waitFor(t, "the server's candles", 10*time.Second, `!!window.__srv`)
+	b.eval(t, `(() => {
+		const a = document.getElementById('chart').getBoundingClientRect(), c = document.getElementById('chart2').getBoundingClientRect();
+		return {Page: __tickstream.chart2(500).bars, Server: window.__srv.map((x) => ({t: x.t, o: x.o, h: x.h, l: x.l, c: x.c, v: x.v, n: x.n})),
+			Main: __tickstream.chart(1).topic, Side: a.width > 200 && c.width > 200 && c.left >= a.right - 2 && Math.abs(c.top - a.top) < 60};
+	})()`, &cmp)
+	if fmt.Sprint(cmp.Page) != fmt.Sprint(cmp.Server) || cmp.Main != "BTC-USD" || !cmp.Side {
+		t.Errorf("second chart bars %v, /api/candles %v; main chart %q; side by side %v", cmp.Page, cmp.Server, cmp.Main, cmp.Side)
+	}
+	// The layout is remembered.
+	b.do(t, chromedp.Reload())
+	b.waitFor(t, "the split layout after a reload", 15*time.Second, `(() => { const c = window.__tickstream && __tickstream.chart2(); return c && !document.getElementById('chart2-pane').hidden && c.topic === 'SPLIT-T' && c.interval === '1s' && !c.loading && c.bars.length === 3 && document.querySelector('#split button[data-split="2"]').getAttribute('aria-pressed') === 'true'; })()`)
+	b.waitFor(t, "SPLIT-T subscribed after the reload", 10*time.Second, `__tickstream.subscribed().includes('SPLIT-T')`)
+	b.do(t, chromedp.Click(chromedp.CSS(`#split button[data-split="1"]`)))
+	b.waitFor(t, "one chart again", 10*time.Second, `document.getElementById('chart2-pane').hidden && localStorage.getItem('tickstream.split') === '1' && __tickstream.layout().split === 1`)
 	b.checkNoErrors(t)
 }

@@ -6,10 +6,12 @@
 // What it subscribes to: the board's visible rows (plus a margin), the
 // watchlist and the selected symbol. Every other row is refreshed by polling
 // GET /api/topics, which also brings in topics that appear later. The depth
-// view lives in depth.js.
+// view and the second chart of the split layout live in depth.js and
+// chart2.js.
 
 import { Tickstream, Candles, TransportName } from './tickstream.js';
 import { DepthView } from './depth.js';
+import { SecondChart } from './chart2.js';
 
 const LWC = globalThis.LightweightCharts;
 const INTERVALS = { '1s': 1000, '1m': 60000, '5m': 300000, '1h': 3600000 };
@@ -218,6 +220,7 @@ function wantedSubs() {
   for (let i = a; i < b; i++) want.add(ui.order[i]);
   for (const t of ui.watch) want.add(t);
   if (ui.selected) want.add(ui.selected);
+  for (const t of sideTopics()) want.add(t);
   return want;
 }
 function syncSubs() {
@@ -1452,13 +1455,26 @@ function init() {
 }
 
 
-// ---- depth -------------------------------------------------------------------
-// The depth view of the selected symbol (depth.js).
+// ---- depth, split layout ------------------------------------------------------
+// The depth view of the selected symbol (depth.js) and the second chart of
+// the split layout (chart2.js). Settings live in localStorage with the rest
+// of the layout: tickstream.split ('1' or '2') and tickstream.chart2
+// ({topic, interval}).
 
 const side = {
+  split: store.get('split', '1') === '2' ? 2 : 1,
+  chart2: (() => {
+    const c = storedJSON('chart2', {});
+    return { topic: typeof c.topic === 'string' ? c.topic : '', interval: c.interval in INTERVALS ? c.interval : '1m' };
+  })(),
   data: new Map(), // topic -> merged data of its snapshots and updates
   depth: null,
+  second: null,
 };
+
+function sideTopics() {
+  return side.split === 2 && side.chart2.topic ? [side.chart2.topic] : [];
+}
 
 function sideTake(m) {
   if (m.data) {
@@ -1467,6 +1483,7 @@ function sideTake(m) {
     Object.assign(d, m.data);
   }
   if (side.depth && m.topic === side.depth.topic) side.depth.take(m);
+  if (side.second && side.split === 2) side.second.take(m);
 }
 
 function renderSide() {
@@ -1478,19 +1495,92 @@ function renderSide() {
     }
     side.depth.render();
   }
+  if (side.second && side.split === 2) {
+    if (!side.chart2.topic) {
+      const t = ui.order.find((x) => x !== ui.selected);
+      if (t) setChart2(t, side.chart2.interval);
+    }
+    side.second.render();
+  }
+}
+
+function saveLayout() {
+  store.set('split', side.split);
+  store.set('chart2', JSON.stringify(side.chart2));
+}
+
+function setSplit(n) {
+  side.split = n === 2 ? 2 : 1;
+  saveLayout();
+  $('charts').dataset.split = String(side.split);
+  for (const b of document.querySelectorAll('#split button')) b.setAttribute('aria-pressed', String(Number(b.dataset.split) === side.split));
+  $('chart2-pane').hidden = side.split !== 2;
+  if (side.split === 2) {
+    side.second.create();
+    if (side.chart2.topic && side.second.topic !== side.chart2.topic) setChart2(side.chart2.topic, side.chart2.interval);
+  }
+  syncSubs();
+  scheduleRender();
+}
+
+function setChart2(topic, interval) {
+  if (!(interval in INTERVALS)) interval = '1m';
+  side.chart2 = { topic, interval };
+  saveLayout();
+  $('chart2-topic').value = topic;
+  $('chart2-interval').value = interval;
+  side.second.load(topic, interval).then(scheduleRender);
+  syncSubs();
 }
 
 function initSide() {
+  const colorsNow = () => colors;
   side.depth = new DepthView({
-    spark: $('depth-spark'), best: $('depth-best'), book: $('depth-book'), bookBody: $('depth-book-rows'), colors: () => colors,
+    spark: $('depth-spark'), best: $('depth-best'), book: $('depth-book'), bookBody: $('depth-book-rows'), colors: colorsNow,
     fmtPrice: (p, topic) => { const r = rows.get(topic); return fmtPrice(p, r ? rowDecimals(r) : 2); },
     fmtSize,
   });
-  // After the page's own handler (theme colours) has run.
-  $('theme').addEventListener('click', () => side.depth.render(true));
+  side.second = new SecondChart({
+    el: $('chart2'), msg: $('chart2-msg'), legend: $('legend2'), LWC, intervals: INTERVALS, toTime: toChartTime, colors: colorsNow,
+    decimals: (topic) => { const r = rows.get(topic); return r ? rowDecimals(r) : 2; },
+    fmtPrice, headers: authHeaders, onError: noteError,
+  });
+  for (const b of document.querySelectorAll('#split button')) b.addEventListener('click', () => setSplit(Number(b.dataset.split)));
+  const input = $('chart2-topic');
+  input.value = side.chart2.topic;
+  $('chart2-interval').value = side.chart2.interval;
+  // The datalist is filled when the field is used (thousands of symbols).
+  input.addEventListener('focus', () => {
+    const list = $('chart2-topics');
+    const frag = document.createDocumentFragment();
+    for (const t of [...rows.keys()].sort().slice(0, 1000)) {
+      const o = document.createElement('option');
+      o.value = t;
+      frag.appendChild(o);
+    }
+    list.replaceChildren(frag);
+  });
+  input.addEventListener('change', () => {
+    const t = input.value.trim();
+    if (t && t !== side.chart2.topic) setChart2(t, side.chart2.interval);
+  });
+  $('chart2-interval').addEventListener('change', (e) => setChart2(side.chart2.topic, e.target.value));
+  // After the page's own handlers (theme colours, time zone) have run.
+  $('theme').addEventListener('click', () => {
+    side.second.applyTheme();
+    side.depth.render(true);
+    scheduleRender();
+  });
+  $('tz').addEventListener('change', () => {
+    side.second.needFull = true;
+    scheduleRender();
+  });
   addEventListener('resize', () => side.depth.render(true));
+  setSplit(side.split);
   Object.assign(globalThis.__tickstream, {
     depth: () => side.depth.view(),
+    chart2: (n = 50) => side.second.view(n),
+    layout: () => ({ split: side.split, chart2: { ...side.chart2 } }),
   });
 }
 
