@@ -2,17 +2,23 @@ package dashboard_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/tickstream/tickstream/feeds"
+	"github.com/tickstream/tickstream/stream"
 )
 
 // Browser tests for what traders expect next (issue 9): the depth view,
-// two charts side by side.
+// two charts side by side and the VWAP and SMA overlays.
 
 // publishRaw publishes ticks given as JSON objects (any numeric fields).
 func (ts *testServer) publishRaw(t *testing.T, ticks []map[string]any) {
@@ -151,4 +157,110 @@ func TestSplitCharts(t *testing.T) {
 	b.do(t, chromedp.Click(chromedp.CSS(`#split button[data-split="1"]`)))
 	b.waitFor(t, "one chart again", 10*time.Second, `document.getElementById('chart2-pane').hidden && localStorage.getItem('tickstream.split') === '1' && __tickstream.layout().split === 1`)
 	b.checkNoErrors(t)
+}
+
+// seedOverlayTopic publishes 150 ticks of OVL-T, one a second, ending a
+// few seconds ago, with varying sizes: a quiet topic to compare overlays on.
+func seedOverlayTopic(bus *stream.Bus) {
+	rng := rand.New(rand.NewPCG(3, 5))
+	sink := bus.Sink("seed")
+	end := time.Now().Add(-3 * time.Second)
+	p := 100.0
+	for i := 150; i > 0; i-- {
+		p = math.Round((p+rng.NormFloat64()*0.4)*100) / 100
+		tick := feeds.Tick{Topic: "OVL-T", TS: end.Add(-time.Duration(i) * time.Second).UnixMilli()}
+		tick.Set(feeds.FieldPrice, p)
+		tick.Set(feeds.FieldSize, math.Round(rng.ExpFloat64()*300)/100+0.01)
+		_ = sink.Publish(tick)
+	}
+}
+
+// overlayCheck recomputes the overlays from /api/candles in the page and
+// compares them with the points the chart's line series hold.
+const overlayCheck = `fetch('api/candles?topic=OVL-T&interval=1s&limit=500').then((r) => r.json()).then((bars) => {
+	const o = __tickstream.overlays(), z = __tickstream.tz();
+	const time = (t) => Math.floor(t / 1000) + z.offsetSec;
+	const sma = [], vwap = [];
+	for (let i = o.period - 1; i < bars.length; i++) {
+		let s = 0;
+		for (let j = i - o.period + 1; j <= i; j++) s += bars[j].c;
+		sma.push({time: time(bars[i].t), value: s / o.period});
+	}
+	let pv = 0, vol = 0, day = null;
+	for (const b of bars) {
+		const d = Math.floor((b.t / 1000 + z.offsetSec) / 86400);
+		if (d !== day) { day = d; pv = 0; vol = 0; }
+		pv += (b.h + b.l + b.c) / 3 * b.v; vol += b.v;
+		if (vol > 0) vwap.push({time: time(b.t), value: pv / vol});
+	}
+	const diff = (want, got) => {
+		if (want.length !== got.length) return 'length ' + got.length + ', want ' + want.length;
+		for (let i = 0; i < want.length; i++) {
+			if (want[i].time !== got[i].time || Math.abs(want[i].value - got[i].value) > 1e-9 * Math.abs(want[i].value)) return 'point ' + i + ': ' + JSON.stringify(got[i]) + ', want ' + JSON.stringify(want[i]);
+		}
+		return '';
+	};
+	return {bars: bars.length, period: o.period, sma: o.sma ? diff(sma, o.main.sma) : 'off', vwap: o.vwap ? diff(vwap, o.main.vwap) : 'off'};
+})`
+
+// TestOverlays: VWAP and SMA, toggled from the chart header, are computed
+// from the chart's bars and equal a computation from /api/candles; the
+// choice and the period survive a reload.
+func TestOverlays(t *testing.T) {
+	ts := startServer(t, false, seedOverlayTopic)
+	b := newBrowser(t, 1440, 900)
+	b.do(t, chromedp.EmulateViewport(1440, 900), chromedp.Navigate(ts.url("/#OVL-T")))
+	b.waitFor(t, "the page", 15*time.Second, `!!window.__tickstream`)
+	b.do(t, chromedp.Click(chromedp.CSS(`#intervals button[data-interval="1s"]`)))
+	b.waitFor(t, "the OVL-T chart", 15*time.Second, `(() => { const c = __tickstream.chart(500); return c.topic === 'OVL-T' && c.interval === '1s' && !c.loading && c.bars.length === 150 && c.seriesLastTime !== null; })()`)
+	var res struct {
+		Bars, Period int
+		SMA, VWAP    string
+	}
+	check := func(wantPeriod int) {
+		t.Helper()
+		ctx, cancel := contextWithTimeout(b, 10*time.Second)
+		defer cancel()
+		out, err := chromedp.Run(ctx, chromedp.Evaluate[json.RawMessage](overlayCheck, chromedp.EvalAwaitPromise))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(out, &res); err != nil {
+			t.Fatal(err)
+		}
+		if res.Bars != 150 || res.Period != wantPeriod || res.SMA != "" || res.VWAP != "" {
+			t.Errorf("overlays against /api/candles: %+v; want %d bars, period %d and no difference", res, 150, wantPeriod)
+		}
+	}
+	b.do(t, chromedp.Click(chromedp.CSS(`#ov-vwap`)), chromedp.Click(chromedp.CSS(`#ov-sma`)))
+	b.do(t, chromedp.Evaluate[chromedp.Void](`(() => { const s = document.getElementById('ov-period'); s.value = '10'; s.dispatchEvent(new Event('change')); })()`))
+	b.waitFor(t, "both overlays drawn", 10*time.Second, `(() => { const o = __tickstream.overlays(); return o.period === 10 && o.main.sma.length === 141 && o.main.vwap.length === 150; })()`)
+	check(10)
+
+	// A live tick moves the last bar and both overlays with it.
+	ts.publishRaw(t, []map[string]any{{"topic": "OVL-T", "ts": time.Now().UnixMilli(), "price": 123.45, "size": 40}})
+	b.waitFor(t, "the live bar", 10*time.Second, `(() => { const c = __tickstream.chart(1); return c.bars[0].c === 123.45; })()`)
+	b.waitFor(t, "the overlays of the live bar", 10*time.Second, `__tickstream.overlays().main.sma.length === 142`)
+	ctx, cancel := contextWithTimeout(b, 10*time.Second)
+	out, err := chromedp.Run(ctx, chromedp.Evaluate[json.RawMessage](overlayCheck, chromedp.EvalAwaitPromise))
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = json.Unmarshal(out, &res)
+	if res.Bars != 151 || res.SMA != "" || res.VWAP != "" {
+		t.Errorf("overlays after a live tick: %+v; want 151 bars and no difference", res)
+	}
+
+	// Remembered: both on, period 10.
+	b.do(t, chromedp.Reload())
+	b.waitFor(t, "the overlays after a reload", 15*time.Second, `(() => { const o = window.__tickstream && __tickstream.overlays(); const c = o && __tickstream.chart(1); return o && o.vwap && o.sma && o.period === 10 && c.interval === '1s' && !c.loading && o.main.sma.length === 142 && document.getElementById('ov-vwap').getAttribute('aria-pressed') === 'true' && document.getElementById('ov-period').value === '10'; })()`)
+	// Off: the series are emptied.
+	b.do(t, chromedp.Click(chromedp.CSS(`#ov-vwap`)))
+	b.waitFor(t, "VWAP off", 10*time.Second, `(() => { const o = __tickstream.overlays(); return !o.vwap && o.main.vwap.length === 0 && o.main.sma.length === 142 && JSON.parse(localStorage.getItem('tickstream.overlays')).vwap === false; })()`)
+	b.checkNoErrors(t)
+}
+
+func contextWithTimeout(b *browser, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(b.ctx, d)
 }

@@ -6,11 +6,12 @@
 // What it subscribes to: the board's visible rows (plus a margin), the
 // watchlist and the selected symbol. Every other row is refreshed by polling
 // GET /api/topics, which also brings in topics that appear later. The depth
-// view and the second chart of the split layout live in depth.js and
-// chart2.js.
+// view, the second chart of the split layout and the overlays live in
+// depth.js, chart2.js and overlays.js.
 
 import { Tickstream, Candles, TransportName } from './tickstream.js';
 import { DepthView } from './depth.js';
+import { Overlays } from './overlays.js';
 import { SecondChart } from './chart2.js';
 
 const LWC = globalThis.LightweightCharts;
@@ -1455,13 +1456,20 @@ function init() {
 }
 
 
-// ---- depth, split layout ------------------------------------------------------
-// The depth view of the selected symbol (depth.js) and the second chart of
-// the split layout (chart2.js). Settings live in localStorage with the rest
-// of the layout: tickstream.split ('1' or '2') and tickstream.chart2
-// ({topic, interval}).
+// ---- depth, split layout, overlays -------------------------------------------
+// The depth view of the selected symbol (depth.js), the second chart of the
+// split layout (chart2.js) and the VWAP and SMA overlays of both charts
+// (overlays.js). Settings live in localStorage with the rest of the layout:
+// tickstream.split ('1' or '2'), tickstream.chart2 ({topic, interval}) and
+// tickstream.overlays ({vwap, sma, period}).
 
+const OVERLAY_PERIODS = [5, 10, 20, 50, 100, 200];
 const side = {
+  overlay: (() => {
+    const o = storedJSON('overlays', {});
+    const period = OVERLAY_PERIODS.includes(Number(o.period)) ? Number(o.period) : 20;
+    return { vwap: o.vwap === true, sma: o.sma === true, period };
+  })(),
   split: store.get('split', '1') === '2' ? 2 : 1,
   chart2: (() => {
     const c = storedJSON('chart2', {});
@@ -1470,7 +1478,14 @@ const side = {
   data: new Map(), // topic -> merged data of its snapshots and updates
   depth: null,
   second: null,
+  mainOverlays: null,
+  mainDirty: true,
+  mainCandles: null,
+  mainForce: false,
 };
+
+// A VWAP session is a calendar day in the chosen time zone.
+const sessionOf = (t) => Math.floor((t / 1000 + tzOffsetSec(t)) / 86400);
 
 function sideTopics() {
   return side.split === 2 && side.chart2.topic ? [side.chart2.topic] : [];
@@ -1483,6 +1498,7 @@ function sideTake(m) {
     Object.assign(d, m.data);
   }
   if (side.depth && m.topic === side.depth.topic) side.depth.take(m);
+  if (m.topic === chartState.topic) side.mainDirty = true;
   if (side.second && side.split === 2) side.second.take(m);
 }
 
@@ -1494,6 +1510,16 @@ function renderSide() {
       if (d) side.depth.data = { ...d };
     }
     side.depth.render();
+  }
+  const mo = side.mainOverlays;
+  if (mo && chartState.candles && !chartState.loading) {
+    const fresh = side.mainCandles !== chartState.candles;
+    if (fresh || side.mainDirty || side.mainForce) {
+      mo.render(chartState.candles.bars, fresh || side.mainForce);
+      side.mainCandles = chartState.candles;
+      side.mainDirty = false;
+      side.mainForce = false;
+    }
   }
   if (side.second && side.split === 2) {
     if (!side.chart2.topic) {
@@ -1507,6 +1533,7 @@ function renderSide() {
 function saveLayout() {
   store.set('split', side.split);
   store.set('chart2', JSON.stringify(side.chart2));
+  store.set('overlays', JSON.stringify(side.overlay));
 }
 
 function setSplit(n) {
@@ -1533,6 +1560,22 @@ function setChart2(topic, interval) {
   syncSubs();
 }
 
+function setOverlay(change) {
+  Object.assign(side.overlay, change);
+  saveLayout();
+  renderOverlayControls();
+  side.mainForce = true;
+  if (side.second) side.second.overlaysChanged();
+  scheduleRender();
+}
+
+function renderOverlayControls() {
+  $('ov-vwap').setAttribute('aria-pressed', String(side.overlay.vwap));
+  $('ov-sma').setAttribute('aria-pressed', String(side.overlay.sma));
+  $('ov-period').value = String(side.overlay.period);
+  $('ov-period').disabled = !side.overlay.sma;
+}
+
 function initSide() {
   const colorsNow = () => colors;
   side.depth = new DepthView({
@@ -1540,11 +1583,17 @@ function initSide() {
     fmtPrice: (p, topic) => { const r = rows.get(topic); return fmtPrice(p, r ? rowDecimals(r) : 2); },
     fmtSize,
   });
+  const overlayOpts = { settings: () => side.overlay, sessionOf };
+  if (chart) side.mainOverlays = new Overlays(LWC, chart, { toTime: toChartTime, sessionOf, settings: overlayOpts.settings, colors: colorsNow });
   side.second = new SecondChart({
     el: $('chart2'), msg: $('chart2-msg'), legend: $('legend2'), LWC, intervals: INTERVALS, toTime: toChartTime, colors: colorsNow,
     decimals: (topic) => { const r = rows.get(topic); return r ? rowDecimals(r) : 2; },
-    fmtPrice, headers: authHeaders, onError: noteError,
+    fmtPrice, headers: authHeaders, overlay: overlayOpts, onError: noteError,
   });
+  renderOverlayControls();
+  $('ov-vwap').addEventListener('click', () => setOverlay({ vwap: !side.overlay.vwap }));
+  $('ov-sma').addEventListener('click', () => setOverlay({ sma: !side.overlay.sma }));
+  $('ov-period').addEventListener('change', (e) => setOverlay({ period: Number(e.target.value) || 20 }));
   for (const b of document.querySelectorAll('#split button')) b.addEventListener('click', () => setSplit(Number(b.dataset.split)));
   const input = $('chart2-topic');
   input.value = side.chart2.topic;
@@ -1567,11 +1616,13 @@ function initSide() {
   $('chart2-interval').addEventListener('change', (e) => setChart2(side.chart2.topic, e.target.value));
   // After the page's own handlers (theme colours, time zone) have run.
   $('theme').addEventListener('click', () => {
+    if (side.mainOverlays) side.mainOverlays.applyTheme();
     side.second.applyTheme();
     side.depth.render(true);
     scheduleRender();
   });
   $('tz').addEventListener('change', () => {
+    side.mainForce = true;
     side.second.needFull = true;
     scheduleRender();
   });
@@ -1580,6 +1631,7 @@ function initSide() {
   Object.assign(globalThis.__tickstream, {
     depth: () => side.depth.view(),
     chart2: (n = 50) => side.second.view(n),
+    overlays: () => ({ ...side.overlay, main: side.mainOverlays ? side.mainOverlays.values() : null }),
     layout: () => ({ split: side.split, chart2: { ...side.chart2 } }),
   });
 }

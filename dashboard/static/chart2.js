@@ -1,15 +1,18 @@
 // chart2.js — the second chart of the split layout: its own symbol and
 // interval, candles and volume backfilled from GET /api/candles and kept
-// live by folding updates exactly (Candles#foldUpdate). Plain ES module.
+// live by folding updates exactly (Candles#foldUpdate), with the same
+// overlays as the main chart. Plain ES module.
 
 import { Candles } from './tickstream.js';
+import { Overlays } from './overlays.js';
 
 const BACKFILL_BARS = 500;
 
 export class SecondChart {
   /** opts: {el (chart container), msg (message element), legend, LWC,
    * intervals ({name: ms}), toTime(t), colors(), decimals(topic),
-   * fmtPrice(p, d), headers, onError(text)}. */
+   * fmtPrice(p, d), headers, overlay ({settings(), sessionOf(t)}),
+   * onError(text)}. */
   constructor(opts) {
     this.o = opts;
     this.topic = null;
@@ -46,6 +49,9 @@ export class SecondChart {
       priceFormat: { type: 'volume' }, priceScaleId: 'vol', lastValueVisible: false, priceLineVisible: false,
     });
     this.chart.priceScale('vol').applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
+    this.overlays = new Overlays(LWC, this.chart, {
+      toTime: this.o.toTime, sessionOf: this.o.overlay.sessionOf, settings: this.o.overlay.settings, colors: this.o.colors,
+    });
     this.needFull = true;
   }
 
@@ -59,6 +65,7 @@ export class SecondChart {
       timeScale: { borderColor: c.line },
     });
     this.candleSeries.applyOptions({ upColor: c.up, downColor: c.down, wickUpColor: c.up, wickDownColor: c.down });
+    this.overlays.applyTheme();
     this.needFull = true;
   }
 
@@ -146,11 +153,17 @@ export class SecondChart {
       }
     }
     this.pending.clear();
+    if (full || this.dirty) this.overlays.render(bars, full);
     this.dirty = false;
     const last = this.candles.last();
     const d = this.o.decimals(this.topic);
     const text = last ? `${this.topic} · ${this.interval}  C ${this.o.fmtPrice(last.c, d)}` : `${this.topic || ''} · ${this.interval}`;
     if (this.o.legend.textContent !== text) this.o.legend.textContent = text;
+  }
+
+  /** overlaysChanged redraws the overlays (settings changed). */
+  overlaysChanged() {
+    if (this.overlays && this.candles && !this.loading) this.overlays.render(this.candles.bars, true);
   }
 
   volBar(b) {
@@ -164,6 +177,7 @@ export class SecondChart {
       topic: this.topic, interval: this.interval, loading: this.loading, unknown: this.unknown,
       bars: this.candles ? this.candles.bars.slice(-n).map((b) => ({ t: b.t, o: b.o, h: b.h, l: b.l, c: b.c, v: b.v, n: b.n })) : [],
       seriesLen: this.candleSeries ? this.candleSeries.data().length : 0,
+      overlays: this.overlays ? this.overlays.values() : null,
     };
   }
 }
