@@ -712,10 +712,11 @@ func TestScreenshot(t *testing.T) {
 	for _, v := range []struct {
 		file          string
 		width, height int64
-		mobile        bool
+		mobile, split bool
 	}{
-		{"screenshot.png", 1440, 900, false},
-		{"screenshot-phone.png", 390, 844, true},
+		{"screenshot.png", 1440, 900, false, false},
+		{"screenshot-split.png", 1600, 900, false, true},
+		{"screenshot-phone.png", 390, 844, true, false},
 	} {
 		b := newBrowser(t, int(v.width), int(v.height))
 		var opts []chromedp.EmulateViewportOption
@@ -724,6 +725,15 @@ func TestScreenshot(t *testing.T) {
 		}
 		b.do(t, chromedp.EmulateViewport(v.width, v.height, opts...), chromedp.Navigate(ts.url("/#BTC-USD")))
 		b.do(t, chromedp.Click(chromedp.CSS(`#intervals button[data-interval="1s"]`)))
+		// With the VWAP and a 20-bar moving average on.
+		b.do(t, chromedp.Click(chromedp.CSS(`#ov-vwap`)), chromedp.Click(chromedp.CSS(`#ov-sma`)))
+		if v.split {
+			b.do(t, chromedp.Click(chromedp.CSS(`#split button[data-split="2"]`)), chromedp.Evaluate[chromedp.Void](`(() => {
+				const s = document.getElementById('chart2-interval'); s.value = '1s'; s.dispatchEvent(new Event('change'));
+				const i = document.getElementById('chart2-topic'); i.value = 'ETH-USD'; i.dispatchEvent(new Event('change'));
+			})()`))
+			b.waitFor(t, "the ETH-USD chart", 15*time.Second, `(() => { const c = __tickstream.chart2(400); return c.topic === 'ETH-USD' && !c.loading && c.bars.length > 100; })()`)
+		}
 		b.waitFor(t, "the BTC-USD chart", 15*time.Second, `(() => { const c = __tickstream.chart(400); return c.topic === 'BTC-USD' && c.interval === '1s' && !c.loading && c.bars.length > 100; })()`)
 		b.waitFor(t, "a live badge", 10*time.Second, `document.getElementById('badge').dataset.state === 'live'`)
 		time.Sleep(3 * time.Second) // rates, ages, a few live bars and flashes

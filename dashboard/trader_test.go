@@ -378,6 +378,9 @@ func TestAccessibility(t *testing.T) {
 	b.do(t, chromedp.EmulateViewport(1440, 900), chromedp.Navigate(ts.url("/#BTC-USD")))
 	waitBoardMoves(t, b)
 	b.waitFor(t, "the chart", 10*time.Second, `!__tickstream.chart(1).loading`)
+	// The split layout, the overlays and the depth view are checked too.
+	b.do(t, chromedp.Click(chromedp.CSS(`#split button[data-split="2"]`)), chromedp.Click(chromedp.CSS(`#ov-vwap`)), chromedp.Click(chromedp.CSS(`#ov-sma`)))
+	b.waitFor(t, "the second chart", 10*time.Second, `(() => { const c = __tickstream.chart2(); return !document.getElementById('chart2-pane').hidden && c.topic && !c.loading; })()`)
 	b.do(t, chromedp.Evaluate[chromedp.Void](string(axe)))
 	for _, theme := range []string{"dark", "light"} {
 		b.do(t, chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => { if (document.documentElement.dataset.theme !== %q) document.getElementById('theme').click(); })()`, theme)))

@@ -11,8 +11,14 @@
 // Change and volume are the server's 24-hour reference figures (`ref` in the
 // snapshot and in /api/topics: change = last price − ref.o), carried forward
 // by the updates of a live row, so they mean the same on every reload.
+//
+// The depth view, the second chart of the split layout and the overlays
+// live in depth.js, chart2.js and overlays.js.
 
 import { Tickstream, Candles, TransportName } from './tickstream.js';
+import { DepthView } from './depth.js';
+import { Overlays } from './overlays.js';
+import { SecondChart } from './chart2.js';
 
 const LWC = globalThis.LightweightCharts;
 const INTERVALS = { '1s': 1000, '1m': 60000, '5m': 300000, '1h': 3600000 };
@@ -225,6 +231,7 @@ function wantedSubs() {
   for (let i = a; i < b; i++) want.add(ui.order[i]);
   for (const t of ui.watch) want.add(t);
   if (ui.selected) want.add(ui.selected);
+  for (const t of sideTopics()) want.add(t);
   return want;
 }
 function syncSubs() {
@@ -1200,6 +1207,7 @@ function handleBatch(msgs) {
           if (chartState.reloadAfterSnapshot || chartState.unknown) loadChart(m.topic, chartState.interval, !chartState.unknown);
           tapeWant();
         }
+        sideTake(m);
         break;
       }
       case 'update': {
@@ -1218,6 +1226,7 @@ function handleBatch(msgs) {
           chartUpdate(m);
           tapeWant();
         }
+        sideTake(m);
         break;
       }
       case 'reset':
@@ -1282,6 +1291,7 @@ function render(now) {
   renderChart();
   renderChartHead();
   renderTape();
+  renderSide();
 }
 
 const STATE_TEXT = { live: 'Live', lagging: 'Lagging', reconnecting: 'Reconnecting', offline: 'Offline', connecting: 'Connecting' };
@@ -1522,11 +1532,193 @@ function init() {
   setInterval(loadFeeds, FEEDS_EVERY_MS);
   setInterval(syncSubs, 1000);
 
+  initSide();
   const want = wantedTopic();
   if (want) selectTopic(want);
   loadTopics();
   loadFeeds();
   client.start();
+}
+
+
+// ---- depth, split layout, overlays -------------------------------------------
+// The depth view of the selected symbol (depth.js), the second chart of the
+// split layout (chart2.js) and the VWAP and SMA overlays of both charts
+// (overlays.js). Settings live in localStorage with the rest of the layout:
+// tickstream.split ('1' or '2'), tickstream.chart2 ({topic, interval}) and
+// tickstream.overlays ({vwap, sma, period}).
+
+const OVERLAY_PERIODS = [5, 10, 20, 50, 100, 200];
+const side = {
+  overlay: (() => {
+    const o = storedJSON('overlays', {});
+    const period = OVERLAY_PERIODS.includes(Number(o.period)) ? Number(o.period) : 20;
+    return { vwap: o.vwap === true, sma: o.sma === true, period };
+  })(),
+  split: store.get('split', '1') === '2' ? 2 : 1,
+  chart2: (() => {
+    const c = storedJSON('chart2', {});
+    return { topic: typeof c.topic === 'string' ? c.topic : '', interval: c.interval in INTERVALS ? c.interval : '1m' };
+  })(),
+  data: new Map(), // topic -> merged data of its snapshots and updates
+  depth: null,
+  second: null,
+  mainOverlays: null,
+  mainDirty: true,
+  mainCandles: null,
+  mainForce: false,
+};
+
+// A VWAP session is a calendar day in the chosen time zone.
+const sessionOf = (t) => Math.floor((t / 1000 + tzOffsetSec(t)) / 86400);
+
+function sideTopics() {
+  return side.split === 2 && side.chart2.topic ? [side.chart2.topic] : [];
+}
+
+function sideTake(m) {
+  if (m.data) {
+    let d = side.data.get(m.topic);
+    if (!d || m.type === 'snapshot') { d = {}; side.data.set(m.topic, d); }
+    Object.assign(d, m.data);
+  }
+  if (side.depth && m.topic === side.depth.topic) side.depth.take(m);
+  if (m.topic === chartState.topic) side.mainDirty = true;
+  if (side.second && side.split === 2) side.second.take(m);
+}
+
+function renderSide() {
+  if (side.depth) {
+    if (side.depth.topic !== chartState.topic) {
+      side.depth.reset(chartState.topic);
+      const d = side.data.get(chartState.topic);
+      if (d) side.depth.data = { ...d };
+    }
+    side.depth.render();
+  }
+  const mo = side.mainOverlays;
+  if (mo && chartState.candles && !chartState.loading) {
+    const fresh = side.mainCandles !== chartState.candles;
+    if (fresh || side.mainDirty || side.mainForce) {
+      mo.render(chartState.candles.bars, fresh || side.mainForce);
+      side.mainCandles = chartState.candles;
+      side.mainDirty = false;
+      side.mainForce = false;
+    }
+  }
+  if (side.second && side.split === 2) {
+    if (!side.chart2.topic) {
+      const t = ui.order.find((x) => x !== ui.selected);
+      if (t) setChart2(t, side.chart2.interval);
+    }
+    side.second.render();
+  }
+}
+
+function saveLayout() {
+  store.set('split', side.split);
+  store.set('chart2', JSON.stringify(side.chart2));
+  store.set('overlays', JSON.stringify(side.overlay));
+}
+
+function setSplit(n) {
+  side.split = n === 2 ? 2 : 1;
+  saveLayout();
+  $('charts').dataset.split = String(side.split);
+  for (const b of document.querySelectorAll('#split button')) b.setAttribute('aria-pressed', String(Number(b.dataset.split) === side.split));
+  $('chart2-pane').hidden = side.split !== 2;
+  if (side.split === 2) {
+    side.second.create();
+    if (side.chart2.topic && side.second.topic !== side.chart2.topic) setChart2(side.chart2.topic, side.chart2.interval);
+  }
+  syncSubs();
+  scheduleRender();
+}
+
+function setChart2(topic, interval) {
+  if (!(interval in INTERVALS)) interval = '1m';
+  side.chart2 = { topic, interval };
+  saveLayout();
+  $('chart2-topic').value = topic;
+  $('chart2-interval').value = interval;
+  side.second.load(topic, interval).then(scheduleRender);
+  syncSubs();
+}
+
+function setOverlay(change) {
+  Object.assign(side.overlay, change);
+  saveLayout();
+  renderOverlayControls();
+  side.mainForce = true;
+  if (side.second) side.second.overlaysChanged();
+  scheduleRender();
+}
+
+function renderOverlayControls() {
+  $('ov-vwap').setAttribute('aria-pressed', String(side.overlay.vwap));
+  $('ov-sma').setAttribute('aria-pressed', String(side.overlay.sma));
+  $('ov-period').value = String(side.overlay.period);
+  $('ov-period').disabled = !side.overlay.sma;
+}
+
+function initSide() {
+  const colorsNow = () => colors;
+  side.depth = new DepthView({
+    spark: $('depth-spark'), best: $('depth-best'), book: $('depth-book'), bookBody: $('depth-book-rows'), colors: colorsNow,
+    fmtPrice: (p, topic) => { const r = rows.get(topic); return fmtPrice(p, r ? rowDecimals(r) : 2); },
+    fmtSize,
+  });
+  const overlayOpts = { settings: () => side.overlay, sessionOf };
+  if (chart) side.mainOverlays = new Overlays(LWC, chart, { toTime: toChartTime, sessionOf, settings: overlayOpts.settings, colors: colorsNow });
+  side.second = new SecondChart({
+    el: $('chart2'), msg: $('chart2-msg'), legend: $('legend2'), LWC, intervals: INTERVALS, toTime: toChartTime, colors: colorsNow,
+    decimals: (topic) => { const r = rows.get(topic); return r ? rowDecimals(r) : 2; },
+    fmtPrice, headers: authHeaders, overlay: overlayOpts, onError: noteError,
+  });
+  renderOverlayControls();
+  $('ov-vwap').addEventListener('click', () => setOverlay({ vwap: !side.overlay.vwap }));
+  $('ov-sma').addEventListener('click', () => setOverlay({ sma: !side.overlay.sma }));
+  $('ov-period').addEventListener('change', (e) => setOverlay({ period: Number(e.target.value) || 20 }));
+  for (const b of document.querySelectorAll('#split button')) b.addEventListener('click', () => setSplit(Number(b.dataset.split)));
+  const input = $('chart2-topic');
+  input.value = side.chart2.topic;
+  $('chart2-interval').value = side.chart2.interval;
+  // The datalist is filled when the field is used (thousands of symbols).
+  input.addEventListener('focus', () => {
+    const list = $('chart2-topics');
+    const frag = document.createDocumentFragment();
+    for (const t of [...rows.keys()].sort().slice(0, 1000)) {
+      const o = document.createElement('option');
+      o.value = t;
+      frag.appendChild(o);
+    }
+    list.replaceChildren(frag);
+  });
+  input.addEventListener('change', () => {
+    const t = input.value.trim();
+    if (t && t !== side.chart2.topic) setChart2(t, side.chart2.interval);
+  });
+  $('chart2-interval').addEventListener('change', (e) => setChart2(side.chart2.topic, e.target.value));
+  // After the page's own handlers (theme colours, time zone) have run.
+  $('theme').addEventListener('click', () => {
+    if (side.mainOverlays) side.mainOverlays.applyTheme();
+    side.second.applyTheme();
+    side.depth.render(true);
+    scheduleRender();
+  });
+  $('tz').addEventListener('change', () => {
+    side.mainForce = true;
+    side.second.needFull = true;
+    scheduleRender();
+  });
+  addEventListener('resize', () => side.depth.render(true));
+  setSplit(side.split);
+  Object.assign(globalThis.__tickstream, {
+    depth: () => side.depth.view(),
+    chart2: (n = 50) => side.second.view(n),
+    overlays: () => ({ ...side.overlay, main: side.mainOverlays ? side.mainOverlays.values() : null }),
+    layout: () => ({ split: side.split, chart2: { ...side.chart2 } }),
+  });
 }
 
 // Debug and test hook: read-only views of what the page shows.
