@@ -126,6 +126,9 @@ func TestSSEResume(t *testing.T) {
 			tr := newSeqTracker()
 
 			c1 := e.openSSE(t, "/sse?topics=A,B&throttle_ms=0", nil)
+			// The stream subscribes once it starts: take the snapshots
+			// (at seq 1) before the ticks the test counts.
+			sseRead(t, c1, tr, map[string]uint64{"A": 1, "B": 1}, true)
 			for i := range 10 {
 				e.publish("A", int64(2+i), f("price", float64(i)))
 				e.publish("B", int64(2+i), f("price", float64(i)))
