@@ -198,6 +198,13 @@ type pubTick struct {
 
 func (ts *testServer) publish(t *testing.T, ticks []pubTick) {
 	t.Helper()
+	ts.publishJSON(t, ticks, len(ticks))
+}
+
+// publishJSON publishes ticks (anything that marshals to a JSON array of
+// n ticks) and checks every one was accepted.
+func (ts *testServer) publishJSON(t *testing.T, ticks any, n int) {
+	t.Helper()
 	body, _ := json.Marshal(ticks)
 	res, err := http.Post(ts.url("/api/publish"), "application/json", bytes.NewReader(body))
 	if err != nil {
@@ -207,8 +214,8 @@ func (ts *testServer) publish(t *testing.T, ticks []pubTick) {
 	var out struct {
 		Accepted int `json:"accepted"`
 	}
-	if err := json.NewDecoder(res.Body).Decode(&out); err != nil || res.StatusCode != 200 || out.Accepted != len(ticks) {
-		t.Fatalf("publish: status %d, accepted %d of %d, err %v", res.StatusCode, out.Accepted, len(ticks), err)
+	if err := json.NewDecoder(res.Body).Decode(&out); err != nil || res.StatusCode != 200 || out.Accepted != n {
+		t.Fatalf("publish: status %d, accepted %d of %d, err %v", res.StatusCode, out.Accepted, n, err)
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"net/http"
 	"testing"
 	"time"
 
@@ -23,18 +22,7 @@ import (
 // publishRaw publishes ticks given as JSON objects (any numeric fields).
 func (ts *testServer) publishRaw(t *testing.T, ticks []map[string]any) {
 	t.Helper()
-	body, _ := json.Marshal(ticks)
-	res, err := http.Post(ts.url("/api/publish"), "application/json", bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	var out struct {
-		Accepted int `json:"accepted"`
-	}
-	if err := json.NewDecoder(res.Body).Decode(&out); err != nil || res.StatusCode != 200 || out.Accepted != len(ticks) {
-		t.Fatalf("publish: status %d, accepted %d of %d, err %v", res.StatusCode, out.Accepted, len(ticks), err)
-	}
+	ts.publishJSON(t, ticks, len(ticks))
 }
 
 type depthView struct {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"runtime"
 	"runtime/metrics"
 	"sync"
@@ -18,7 +17,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tickstream/tickstream/stream"
 	"github.com/tickstream/tickstream/stream/protocol"
@@ -414,38 +412,4 @@ func TestWSBatchIsOneWrite(t *testing.T) {
 	if got != int64(frames) {
 		t.Errorf("%d frames went out in %d writes, want one write each", frames, got)
 	}
-}
-
-// startServerWrapped is startServer with the listener wrapped by wrap.
-func startServerWrapped(t testing.TB, mod func(*stream.BusConfig, *server.Config), wrap func(net.Listener) net.Listener) *env {
-	t.Helper()
-	reg := prometheus.NewRegistry()
-	bc := stream.BusConfig{Heartbeat: 5 * time.Second, MaxPendingBytes: 1 << 20, LagThrottle: 200 * time.Millisecond, Metrics: stream.NewMetrics(reg)}
-	sc := server.Config{WriteTimeout: 2 * time.Second, Gatherer: reg, RetryBase: 500 * time.Millisecond}
-	mod(&bc, &sc)
-	bus, err := stream.NewBus(bc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc.Bus = bus
-	srv, err := server.New(sc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, bus: bus, srv: srv, reg: reg, addr: ln.Addr().String(), http: &http.Client{Transport: &http.Transport{}}, serveErr: make(chan error, 1)}
-	go func() { e.serveErr <- srv.Serve(wrap(ln)) }()
-	t.Cleanup(func() {
-		e.shutdown()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := bus.Close(ctx); err != nil {
-			t.Errorf("bus.Close: %v", err)
-		}
-		e.http.CloseIdleConnections()
-	})
-	return e
 }

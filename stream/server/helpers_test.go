@@ -62,6 +62,13 @@ type env struct {
 // before they are used.
 func startServer(t testing.TB, mod func(*stream.BusConfig, *server.Config)) *env {
 	t.Helper()
+	return startServerWrapped(t, mod, nil)
+}
+
+// startServerWrapped is startServer with the listener wrapped by wrap
+// (nil: none), for tests that watch the server's connections.
+func startServerWrapped(t testing.TB, mod func(*stream.BusConfig, *server.Config), wrap func(net.Listener) net.Listener) *env {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	bc := stream.BusConfig{
 		Heartbeat:       5 * time.Second,
@@ -90,6 +97,9 @@ func startServer(t testing.TB, mod func(*stream.BusConfig, *server.Config)) *env
 		t: t, bus: bus, srv: srv, reg: reg, addr: ln.Addr().String(),
 		http:     &http.Client{Transport: &http.Transport{}, Timeout: 30 * time.Second},
 		serveErr: make(chan error, 1),
+	}
+	if wrap != nil {
+		ln = wrap(ln)
 	}
 	go func() { e.serveErr <- srv.Serve(ln) }()
 	t.Cleanup(func() {
