@@ -34,6 +34,7 @@ func benchSubs(b *testing.B, bus *Bus, topic string, n int, throttleMS int64) []
 			b.Fatal(err)
 		}
 		s.drain(nil)
+		s.endWrite()
 		subs[i] = s
 	}
 	return subs
@@ -52,7 +53,8 @@ func settleSpin(bus *Bus) {
 func drainSubs(subs []*Subscriber, buf []Message) ([]Message, int) {
 	n := 0
 	for _, s := range subs {
-		buf = s.drain(buf[:0])
+		buf, _ = s.drain(buf[:0])
+		s.endWrite()
 		n += len(buf)
 		clear(buf)
 	}
@@ -196,6 +198,7 @@ func BenchmarkPublishWhilePatternSubscribes(b *testing.B) {
 			_, _ = s.Handle([]byte(`{"op":"subscribe","topics":["none.*"]}`))
 			_, _ = s.Handle([]byte(`{"op":"unsubscribe","topics":["none.*"]}`))
 			s.drain(nil)
+			s.endWrite()
 		}
 	}()
 	b.ResetTimer()

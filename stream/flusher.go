@@ -24,7 +24,8 @@ type flusher struct {
 	spare   []*group // the flusher goroutine's own
 	stopped bool     // ended while idle: schedule must start another
 
-	wake []*Subscriber // the flusher goroutine's own: to signal after a pass
+	wake  []*Subscriber // the flusher goroutine's own: to signal after a pass
+	batch []Message     // the flusher goroutine's own: a direct write's batch
 
 	queued atomic.Int64 // groups added and not yet flushed (tests wait on it)
 }
@@ -180,7 +181,9 @@ func (f *flusher) flush() int {
 		t.mu.Unlock()
 	}
 	for _, s := range f.wake {
-		s.signal()
+		if !s.writeDirect(&f.batch) {
+			s.signal()
+		}
 	}
 	clear(f.wake)
 	if cap(f.wake) > maxKeptWake {

@@ -380,13 +380,13 @@ func mustHandle(t testing.TB, s *Subscriber, frame string) Result {
 	return res
 }
 
-// drainAll takes every queued message without a transport.
 // drainAll takes everything queued as a transport would, and reports it
 // written.
 func drainAll(s *Subscriber) []Message {
 	settle(s.bus)
-	batch := s.drain(nil)
+	batch, _ := s.drain(nil)
 	s.wrote(batch, 0, false)
+	s.endWrite()
 	return batch
 }
 

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -21,27 +19,20 @@ import (
 
 // sseTransport writes messages as SSE events and keeps the stream's
 // cursor: inline while it is short, then a reference into its cursor log.
-// It writes straight to the hijacked socket through a buffer lent from
-// ssePool only while it writes (an idle stream holds none), so a batch
-// up to sseBufferBytes is one write, with no copy but into that buffer.
+// It writes straight to the hijacked socket (sockWriter): a batch is
+// built in a lent buffer and goes out in one write.
 type sseTransport struct {
-	w       *bufio.Writer // lent between begin and flush
-	conn    net.Conn      // the hijacked connection
-	timeout time.Duration
-	// deadline is the write deadline in effect (see writeDeadline).
-	deadline time.Time
-	log      *cursorLog
-	id       []byte // the cursor after the last message
-	dirty    bool   // the inline cursor is out of date
+	sock  *sockWriter
+	log   *cursorLog
+	id    []byte // the cursor after the last message
+	dirty bool   // the inline cursor is out of date
 }
 
 // writeDeadline returns the deadline for a write starting now: the one in
 // effect while it is at least 7/8 of the timeout away, else a fresh one.
 // The runtime re-arms a timer each time a socket's deadline changes, so a
 // busy stream that keeps its deadline for a while spares that per batch,
-// and a write still gets between 7/8 and all of the timeout. (The
-// WebSocket library sets the deadline before every write itself, so only
-// SSE uses this.)
+// and a write still gets between 7/8 and all of the timeout.
 func writeDeadline(cur *time.Time, timeout time.Duration) time.Time {
 	now := time.Now()
 	if cur.Sub(now) < timeout-timeout/8 {
@@ -50,13 +41,9 @@ func writeDeadline(cur *time.Time, timeout time.Duration) time.Time {
 	return *cur
 }
 
-// sseBufferBytes is the size of a lent SSE write buffer.
-const sseBufferBytes = 64 << 10
-
-var ssePool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, sseBufferBytes) }}
-
-func (t *sseTransport) WriteBatch(msgs []stream.Message) error {
-	t.begin()
+// appendEvents appends msgs as events, advancing the cursor: call it only
+// for events that are then written.
+func (t *sseTransport) appendEvents(b []byte, msgs []stream.Message) []byte {
 	for i := range msgs {
 		m := &msgs[i]
 		n, changed, ref := t.log.advance(m.Topic, m.Epoch, m.Seq)
@@ -67,48 +54,73 @@ func (t *sseTransport) WriteBatch(msgs []stream.Message) error {
 			t.id = t.log.appendInline(t.id[:0])
 			t.dirty = false
 		}
-		_, _ = t.w.WriteString("event: ")
-		_, _ = t.w.WriteString(m.Type)
+		b = append(b, "event: "...)
+		b = append(b, m.Type...)
 		if len(t.id) > 0 {
-			_, _ = t.w.WriteString("\nid: ")
-			_, _ = t.w.Write(t.id)
+			b = append(b, "\nid: "...)
+			b = append(b, t.id...)
 		}
-		_, _ = t.w.WriteString("\ndata: ")
-		_, _ = t.w.Write(m.JSON)
-		_, _ = t.w.WriteString("\n\n")
+		b = append(b, "\ndata: "...)
+		b = append(b, m.JSON...)
+		b = append(b, "\n\n"...)
 	}
-	return t.flush()
+	return b
 }
 
-func (t *sseTransport) Heartbeat() error {
-	t.begin()
-	_, _ = t.w.WriteString(": hb\n\n")
-	return t.flush()
-}
-
-// begin borrows a buffer and arms the write deadline for the writes that
-// follow; flush writes and returns the buffer.
-func (t *sseTransport) begin() {
-	if t.w == nil {
-		t.w = ssePool.Get().(*bufio.Writer)
-		t.w.Reset(t.conn)
+func (t *sseTransport) WriteBatch(msgs []stream.Message) error {
+	t.sock.mu.Lock()
+	defer t.sock.mu.Unlock()
+	if len(msgs) == 0 {
+		return t.sock.writeLocked(nil)
 	}
-	prev := t.deadline
-	if d := writeDeadline(&t.deadline, t.timeout); !d.Equal(prev) {
-		_ = t.conn.SetWriteDeadline(d)
-	}
-}
-
-func (t *sseTransport) flush() error {
-	if t.w == nil {
-		return nil
-	}
-	err := t.w.Flush()
-	t.w.Reset(nil)
-	ssePool.Put(t.w)
-	t.w = nil
+	p := getFrameBuf()
+	b := t.appendEvents((*p)[:0], msgs)
+	err := t.sock.writeLocked(b)
+	putFrameBuf(p, b)
 	return err
 }
+
+// TryWrite implements stream.DirectTransport (through sseDirect).
+func (t *sseTransport) TryWrite(msgs []stream.Message) (started, incomplete bool) {
+	if !t.sock.mu.TryLock() {
+		return false, false
+	}
+	defer t.sock.mu.Unlock()
+	if !t.sock.tryable() {
+		return false, false
+	}
+	p := getFrameBuf()
+	b := t.appendEvents((*p)[:0], msgs)
+	incomplete = t.sock.tryLocked(b)
+	putFrameBuf(p, b)
+	return true, incomplete
+}
+
+func (t *sseTransport) Heartbeat() error { return t.writeString(": hb\n\n", false) }
+
+// writeString writes s after whatever is still to be written; last says
+// it ends the stream.
+func (t *sseTransport) writeString(s string, last bool) error {
+	t.sock.mu.Lock()
+	defer t.sock.mu.Unlock()
+	err := t.sock.writeLocked([]byte(s))
+	t.sock.closed = t.sock.closed || last
+	return err
+}
+
+// transport is t as the bus sees it: with tries on a plain TCP socket.
+func (t *sseTransport) transport() stream.Transport {
+	if t.sock.canTry() {
+		return sseDirect{t}
+	}
+	return t
+}
+
+// sseDirect is an sseTransport on a plain TCP socket: flushers may write
+// to it themselves.
+type sseDirect struct{ *sseTransport }
+
+var _ stream.DirectTransport = sseDirect{}
 
 // sseHead is the response head of an event stream. The body ends when
 // the connection closes (no length, not chunked): a stream is never
@@ -234,11 +246,8 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 		defer s.closeStream(sub)
 		defer ca.stop()
 		defer s.cursors.ended(log)
-		t := &sseTransport{conn: conn, timeout: s.cfg.WriteTimeout, log: log, dirty: true}
-		t.begin()
-		_, _ = t.w.WriteString(sseHead)
-		fmt.Fprintf(t.w, "retry: %d\n\n", s.retryHint().Milliseconds())
-		if err := t.flush(); err != nil {
+		t := &sseTransport{sock: newSockWriter(conn, s.cfg.WriteTimeout), log: log, dirty: true}
+		if err := t.writeString(sseHead+"retry: "+strconv.FormatInt(s.retryHint().Milliseconds(), 10)+"\n\n", false); err != nil {
 			return
 		}
 		sub.Send(protocol.TypeWelcome, protocol.EncodeWelcome(sub.Session(), hb.Milliseconds(), time.Now().UnixMilli()))
@@ -248,19 +257,19 @@ func (s *Server) handleSSE(c *fiber.Ctx) error {
 		if len(req.Topics) > 0 {
 			_, _ = sub.Subscribe(req)
 		}
-		err := sub.Deliver(context.Background(), t)
+		err := sub.Deliver(context.Background(), t.transport())
 		var d *protocol.Disconnect
 		var ne net.Error
 		switch {
 		case errors.As(err, &d):
-			t.begin()
+			var end strings.Builder
 			if d == disconnectTokenExpired {
-				fmt.Fprintf(t.w, "event: error\ndata: %s\n\n", protocol.EncodeError(nil, protocol.CodeTokenExpired,
+				fmt.Fprintf(&end, "event: error\ndata: %s\n\n", protocol.EncodeError(nil, protocol.CodeTokenExpired,
 					"the stream's token expired: reconnect with a fresh token (or refresh it before expiry with POST /api/sse/<session>)"))
 			}
 			// Tell the client when to come back, then end the stream.
-			fmt.Fprintf(t.w, "retry: %d\n\n", s.retryHint().Milliseconds())
-			_ = t.flush()
+			fmt.Fprintf(&end, "retry: %d\n\n", s.retryHint().Milliseconds())
+			_ = t.writeString(end.String(), true)
 		case errors.As(err, &ne) && ne.Timeout():
 			s.bus.Metrics().SlowClose()
 		}

@@ -75,62 +75,109 @@ func (s *Server) initWS() {
 	})
 }
 
-// wsTransport writes a subscriber's batches as one text message each,
-// messages separated by '\n'. The batch is copied straight into the
-// library's lent write buffer (no buffer of our own), so a batch up to
-// wsWriteBufferBytes is one frame and one write.
+// wsTransport writes a subscriber's batches as one text frame each,
+// messages separated by '\n', built in a lent buffer and written to the
+// socket in one write (sockWriter). Control frames (ping, pong, close) go
+// through the library, under the same lock.
 type wsTransport struct {
-	conn    *fastws.Conn
-	timeout time.Duration
+	conn *fastws.Conn
+	sock *sockWriter
 }
 
-var newline = []byte{'\n'}
+func newWSTransport(conn *fastws.Conn, timeout time.Duration) *wsTransport {
+	return &wsTransport{conn: conn, sock: newSockWriter(conn.NetConn(), timeout)}
+}
+
+// transport is t as the bus sees it: with tries on a plain TCP socket.
+func (t *wsTransport) transport() stream.Transport {
+	if t.sock.canTry() {
+		return wsDirect{t}
+	}
+	return t
+}
 
 func (t *wsTransport) WriteBatch(msgs []stream.Message) error {
-	if err := t.conn.SetWriteDeadline(time.Now().Add(t.timeout)); err != nil {
-		return err
+	t.sock.mu.Lock()
+	defer t.sock.mu.Unlock()
+	if len(msgs) == 0 {
+		return t.sock.writeLocked(nil)
 	}
-	if len(msgs) == 1 && len(msgs[0].JSON) <= wsWriteBufferBytes-wsMaxFrameHeader {
-		// One message that fits the buffer (the usual batch at low
-		// rates): the library's allocation-free path, one frame and one
-		// write.
-		return t.conn.WriteMessage(fastws.TextMessage, msgs[0].JSON)
+	p := getFrameBuf()
+	b := appendWSFrame((*p)[:0], msgs)
+	err := t.sock.writeLocked(b)
+	putFrameBuf(p, b)
+	return err
+}
+
+// TryWrite implements stream.DirectTransport (through wsDirect).
+func (t *wsTransport) TryWrite(msgs []stream.Message) (started, incomplete bool) {
+	if !t.sock.mu.TryLock() {
+		return false, false
 	}
-	w, err := t.conn.NextWriter(fastws.TextMessage)
-	if err != nil {
-		return err
+	defer t.sock.mu.Unlock()
+	if !t.sock.tryable() {
+		return false, false
 	}
-	for i, m := range msgs {
-		if i > 0 {
-			if _, err := w.Write(newline); err != nil {
-				return err
-			}
-		}
-		if _, err := w.Write(m.JSON); err != nil {
-			return err
-		}
-	}
-	return w.Close()
+	p := getFrameBuf()
+	b := appendWSFrame((*p)[:0], msgs)
+	incomplete = t.sock.tryLocked(b)
+	putFrameBuf(p, b)
+	return true, incomplete
 }
 
 func (t *wsTransport) Heartbeat() error {
-	return t.conn.WriteControl(fastws.PingMessage, nil, time.Now().Add(t.timeout))
+	return t.control(fastws.PingMessage, nil, false)
 }
+
+// control writes a control frame after whatever is still to be written;
+// last says it is the close frame, after which nothing is written (it
+// gets a second: the connection is ending anyway).
+func (t *wsTransport) control(typ int, data []byte, last bool) error {
+	t.sock.mu.Lock()
+	defer t.sock.mu.Unlock()
+	if err := t.sock.writeLocked(nil); err != nil {
+		return err
+	}
+	if t.sock.closed {
+		return fastws.ErrCloseSent
+	}
+	limit := t.sock.timeout
+	if last {
+		limit = time.Second
+	}
+	err := t.conn.WriteControl(typ, data, time.Now().Add(limit))
+	t.sock.deadline = time.Time{} // the library set its own
+	t.sock.closed = last
+	return err
+}
+
+// wsDirect is a wsTransport on a plain TCP socket: flushers may write to
+// it themselves.
+type wsDirect struct{ *wsTransport }
+
+var _ stream.DirectTransport = wsDirect{}
 
 func (s *Server) serveWS(c *websocket.Conn) {
 	conn := c.Conn
 	// conn.Close only closes fasthttp's hijacked wrapper, which does
 	// nothing: a stuck writer is cut off by closing the socket itself.
 	sock := socket(conn.NetConn())
+	tr := newWSTransport(conn, s.cfg.WriteTimeout)
+	// The answer to a client's close frame goes through tr too, after
+	// whatever update is still being written.
+	conn.SetCloseHandler(func(code int, _ string) error {
+		_ = tr.control(fastws.CloseMessage, fastws.FormatCloseMessage(code, ""), true)
+		return nil
+	})
 	ip := c.IP()
 	sub, err := s.open("ws", sock, ip)
 	if errors.Is(err, errTooManyConns) {
 		// admit let it in, but others took the room during the handshake.
-		s.closeWS(conn, &protocol.Disconnect{Code: fastws.CloseTryAgainLater, Reason: "too many connections"})
+		s.closeWS(tr, &protocol.Disconnect{Code: fastws.CloseTryAgainLater, Reason: "too many connections"})
 		return
 	}
 	if err != nil {
-		s.closeWS(conn, &protocol.Disconnect{Code: fastws.CloseGoingAway, Reason: "server shutting down"})
+		s.closeWS(tr, &protocol.Disconnect{Code: fastws.CloseGoingAway, Reason: "server shutting down"})
 		return
 	}
 	defer s.closeStream(sub)
@@ -152,7 +199,7 @@ func (s *Server) serveWS(c *websocket.Conn) {
 		if !s.allowMsg(sub) {
 			return nil
 		}
-		err := conn.WriteControl(fastws.PongMessage, []byte(data), time.Now().Add(s.cfg.WriteTimeout))
+		err := tr.control(fastws.PongMessage, []byte(data), false)
 		if errors.Is(err, fastws.ErrCloseSent) {
 			return nil
 		}
@@ -166,17 +213,17 @@ func (s *Server) serveWS(c *websocket.Conn) {
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
-		err := sub.Deliver(context.Background(), &wsTransport{conn: conn, timeout: s.cfg.WriteTimeout})
+		err := sub.Deliver(context.Background(), tr.transport())
 		var d *protocol.Disconnect
 		var ne net.Error
 		switch {
 		case errors.Is(err, stream.ErrClientGone):
 			return // the reader ended the connection
 		case errors.As(err, &d):
-			s.closeWS(conn, d)
+			s.closeWS(tr, d)
 		case errors.As(err, &ne) && ne.Timeout():
 			s.bus.Metrics().SlowClose()
-			s.closeWS(conn, protocol.DisconnectSlow)
+			s.closeWS(tr, protocol.DisconnectSlow)
 		default:
 			_ = sock.Close() // the socket failed: wake the reader
 			return
@@ -294,8 +341,8 @@ func (p *wsPublisher) run() {
 }
 
 // closeWS sends a close frame whose reason carries a jittered retry hint.
-func (s *Server) closeWS(conn *fastws.Conn, d *protocol.Disconnect) {
+func (s *Server) closeWS(tr *wsTransport, d *protocol.Disconnect) {
 	reason := d.Reason + " retry_ms=" + strconv.FormatInt(s.retryHint().Milliseconds(), 10)
 	msg := fastws.FormatCloseMessage(d.Code, reason)
-	_ = conn.WriteControl(fastws.CloseMessage, msg, time.Now().Add(time.Second))
+	_ = tr.control(fastws.CloseMessage, msg, true)
 }
