@@ -357,6 +357,11 @@ func (s *Subscriber) endWrite() {
 	s.mu.Unlock()
 }
 
+// maxKeptScratch is the longest batch a flusher or its writer keeps for
+// the next direct write (about 400 KiB; there are a few of them, not one
+// per connection).
+const maxKeptScratch = 4096
+
 // writeDirect writes the subscriber's queue on the calling flusher's
 // goroutine, without blocking, when its transport can (DirectTransport)
 // and nothing else is under way: no write in progress, not lagging (the
@@ -398,7 +403,7 @@ func (s *Subscriber) writeDirect(scratch *[]Message) bool {
 	}
 	s.wrote(batch, time.Since(start), false)
 	clear(batch)
-	if cap(batch) > keepEntries {
+	if cap(batch) > maxKeptScratch {
 		batch = nil
 	}
 	*scratch = batch[:0]

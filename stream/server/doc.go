@@ -7,7 +7,9 @@
 // Transports are thin adapters over stream.Subscriber: each connection has
 // one reader (the handler's goroutine; it parses client messages and drains
 // control frames) and one writer (Subscriber.Deliver, which writes several
-// messages per frame). A WebSocket that publishes also has a publisher
+// messages per frame). On a plain TCP socket the flushers also write to it
+// themselves, without blocking, while the writer sleeps
+// (stream.DirectTransport); a sockWriter's lock keeps every frame whole. A WebSocket that publishes also has a publisher
 // goroutine (from its first publish op) that runs its publishes in order
 // and queues their acks. All end before the handler returns, because the
 // WebSocket connection object is pooled and reused after that. Publishes,

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"net"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -157,7 +158,8 @@ func appendWSFrame(dst []byte, msgs []stream.Message) []byte {
 	for i := range msgs {
 		n += len(msgs[i].JSON)
 	}
-	dst = append(dst, 0x81) // FIN, text
+	dst = slices.Grow(dst, n+10) // one allocation at most, however long
+	dst = append(dst, 0x81)      // FIN, text
 	switch {
 	case n < 126:
 		dst = append(dst, byte(n))

@@ -24,22 +24,14 @@ import (
 // this get a frame_too_large error and the connection stays up.
 const wsReadLimit = 1 << 20
 
-// wsBufferPool lends write buffers to connections only while they write,
-// so idle connections hold none.
+// wsBufferPool lends the library's write buffer to a connection only while
+// it writes through the library, which tickstream no longer does for data
+// (frames are built in frameBufs and written by the sockWriter): it stays
+// so that an idle connection holds none should the library ever write.
 var wsBufferPool sync.Pool
 
-// wsWriteBufferBytes is the size of a lent write buffer: a batch up to it
-// goes out as one frame in one write on the socket. A bigger batch goes
-// out as one message in frames of this size, one write each. (The
-// library writes a frame bigger than its buffer as two writes, the
-// buffer and the rest: fasthttp's hijacked connection has no writev.)
-// Only a connection in the middle of a write holds one, so this is also
-// the most a client stuck past its write deadline pins besides its queue.
-const wsWriteBufferBytes = 64 << 10
-
-// wsMaxFrameHeader is the most a server frame's header takes in the
-// write buffer.
-const wsMaxFrameHeader = 14
+// wsWriteBufferBytes is the size of the library's lent write buffer.
+const wsWriteBufferBytes = 4 << 10
 
 // wsReadBufferBytes is the WebSocket reader's buffer. fasthttp's own
 // 4 KiB connection reader already sits beneath it and batches the
