@@ -4,20 +4,23 @@
 // Layout: bucket "meta" holds the epoch and whether the last run closed
 // cleanly; bucket "topics" holds one bucket per topic with its state
 // ("m", JSON: seq, source time, accept time, latest fields, epoch lineage,
-// the open bar of each candle interval), its raw ticks ("t": seq → accept
-// time + the tick in its JSON form, as tick.AppendJSON writes it, so a
-// change of the tick's encoding passes through) and its closed candles
-// (one bucket per interval: bar start → bar as JSON). The open bar, which
-// every tick changes, rides in "m", rewritten by each commit anyway, and
-// moves to its bucket when a newer bar opens: a commit dirties a topic's
-// state and ticks pages, not a page of each interval's bucket too. Stores
-// written when the open bar was in its bucket load the same.
+// the open bar of each candle interval), its raw ticks ("t": runs of
+// consecutive ticks as a commit writes them, first and last seq → per
+// tick its accept time and its JSON form, as tick.AppendJSON writes it,
+// so a change of the tick's encoding passes through; a lone tick as seq →
+// accept time + JSON; see ticks.go) and its closed candles (one bucket per
+// interval: bar start → bar as JSON). The open bar, which every tick
+// changes, rides in "m", rewritten by each commit anyway, and moves to its
+// bucket when a newer bar opens. So a commit dirties a topic's state and
+// ticks pages, not a page of each interval's bucket too, and inserts one
+// key per run of ticks, not one per tick. Stores written with the open bar
+// in its bucket and one record per tick load the same.
 //
 // Writes: Append puts the tick on a bounded queue (no I/O on the
 // publisher's goroutine); one writer goroutine commits the queue in
 // batches, one bbolt transaction each (one fsync of the pages and one of
-// the meta page; bbolt's free-page list is not written, it is rebuilt
-// from the tree when the file is opened). The sync policy says when: every Options.SyncInterval
+// the meta page; bbolt's free-page list is not written, Open rebuilds it
+// from the tree). The sync policy says when: every Options.SyncInterval
 // (a crash or power loss loses at most the ticks accepted in the last
 // interval, plus what the writer was committing), or at once with
 // Options.SyncAlways (Settle then returns only after the tick's commit, so
@@ -156,6 +159,7 @@ type topicState struct {
 	touched bool
 	b       *bolt.Bucket
 	ticks   *bolt.Bucket
+	recs    []int // the batch's records of the topic
 	changed map[barKey]stream.Candle
 }
 
@@ -371,22 +375,9 @@ func (s *Store) loadTopic(b *bolt.Bucket, name string, historyDepth, candleDepth
 	ts := &stream.StoredTopic{Name: name, Seq: state.seq, TS: state.ts, Accepted: time.Unix(0, state.acc),
 		Latest: append([]tick.Field(nil), state.latest...), Lineage: state.lineage}
 	if tb := b.Bucket(bTicks); tb != nil && historyDepth > 0 {
-		c := tb.Cursor()
-		want := state.seq
-		for k, v := c.Last(); k != nil && len(ts.Ticks) < historyDepth; k, v = c.Prev() {
-			seq := binary.BigEndian.Uint64(k)
-			if seq != want {
-				break // not consecutive: the ring ends here
-			}
-			t, err := decodeTick(seq, v)
-			if err != nil {
-				return nil, err
-			}
-			ts.Ticks = append(ts.Ticks, t)
-			want--
-		}
-		for i, j := 0, len(ts.Ticks)-1; i < j; i, j = i+1, j-1 {
-			ts.Ticks[i], ts.Ticks[j] = ts.Ticks[j], ts.Ticks[i]
+		var err error
+		if ts.Ticks, err = loadTicks(tb, state.seq, historyDepth); err != nil {
+			return nil, err
 		}
 	}
 	ts.Candles = make([][]stream.Candle, len(stream.CandleIntervals))
@@ -438,17 +429,6 @@ func (st *topicState) setLineage(l []stream.EpochSeq) error {
 	v, err := json.Marshal(l)
 	st.linJSON = v
 	return err
-}
-
-func decodeTick(seq uint64, v []byte) (stream.StoredTick, error) {
-	if len(v) < 8 {
-		return stream.StoredTick{}, fmt.Errorf("tick %d: short value", seq)
-	}
-	tk, err := tick.ParseTick(v[8:])
-	if err != nil {
-		return stream.StoredTick{}, fmt.Errorf("tick %d: %w", seq, err)
-	}
-	return stream.StoredTick{Seq: seq, TS: tk.TS, Accepted: time.Unix(0, int64(binary.BigEndian.Uint64(v))), Fields: tk.Fields}, nil
 }
 
 // placeholderTopic stands for the topic in stored ticks: the bucket
@@ -740,15 +720,7 @@ func (s *Store) commit(batch []stream.StoreRecord) error {
 					return err
 				}
 			}
-			start := len(s.arena)
-			s.arena = be8(s.arena, r.Seq)
-			key := s.arena[start:len(s.arena):len(s.arena)]
-			start = len(s.arena)
-			s.arena = be8(s.arena, uint64(r.Accepted.UnixNano()))
-			s.arena = tick.Tick{Topic: placeholderTopic, TS: r.TS, Fields: r.Fields}.AppendJSON(s.arena)
-			if err := st.ticks.Put(key, s.arena[start:len(s.arena):len(s.arena)]); err != nil {
-				return err
-			}
+			st.recs = append(st.recs, i)
 			for _, bar := range r.Bars[:r.NBars] {
 				if bar.Interval < 0 || bar.Interval >= len(st.open) || bar.Bar.T < 0 {
 					continue
@@ -762,6 +734,9 @@ func (s *Store) commit(batch []stream.StoreRecord) error {
 			st.latest = mergeFields(st.latest, r.Fields)
 		}
 		for _, st := range s.touched {
+			if err := s.putTicks(st, batch); err != nil {
+				return err
+			}
 			if err := s.putBars(st); err != nil {
 				return err
 			}
@@ -770,7 +745,7 @@ func (s *Store) commit(batch []stream.StoreRecord) error {
 			}
 			if n := uint64(s.opts.RetentionTicks); n > 0 && st.seq > n {
 				cut := st.seq - n + 1 // keep seqs from cut on
-				pruned, err := pruneWhile(st.ticks, func(k, _ []byte) bool { return binary.BigEndian.Uint64(k) < cut })
+				pruned, err := pruneTicks(st.ticks, func(seq uint64, _ int64) bool { return seq < cut })
 				if err != nil {
 					return err
 				}
@@ -782,7 +757,7 @@ func (s *Store) commit(batch []stream.StoreRecord) error {
 		return nil
 	})
 	for _, st := range s.touched {
-		st.touched, st.b, st.ticks = false, nil, nil
+		st.touched, st.b, st.ticks, st.recs = false, nil, nil, st.recs[:0]
 		if err == nil {
 			// Kept on failure: the next commit of the topic writes them.
 			clear(st.changed)
@@ -1006,7 +981,7 @@ func (s *Store) pruneBefore(cut int64) (int, error) {
 			if tb == nil {
 				return nil
 			}
-			d, err := pruneWhile(tb, func(_, v []byte) bool { return len(v) >= 8 && int64(binary.BigEndian.Uint64(v)) < cut })
+			d, err := pruneTicks(tb, func(_ uint64, acc int64) bool { return acc < cut })
 			n += d
 			return err
 		})
@@ -1031,20 +1006,9 @@ func (s *Store) History(topic string, afterSeq uint64, limit int) (uint64, []str
 		if tb == nil {
 			return nil
 		}
-		c := tb.Cursor()
-		k, _ := c.First()
-		if k == nil {
-			return nil
-		}
-		oldest = binary.BigEndian.Uint64(k)
-		for k, v := c.Seek(be8(nil, afterSeq+1)); k != nil && len(out) < limit; k, v = c.Next() {
-			t, err := decodeTick(binary.BigEndian.Uint64(k), v)
-			if err != nil {
-				return err
-			}
-			out = append(out, stream.HistoryTick{Seq: t.Seq, TS: t.TS, Data: t.Fields})
-		}
-		return nil
+		var err error
+		oldest, out, err = readTicks(tb, afterSeq, limit)
+		return err
 	})
 	return oldest, out, err
 }

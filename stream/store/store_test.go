@@ -322,11 +322,12 @@ func BenchmarkPublishDurable(b *testing.B) {
 	}
 }
 
-// A store written before the open bars moved to the meta record (every
-// bar in its interval's bucket, as earlier versions wrote it) loads the
-// same, and goes on from there: after more ticks into its open bars and
-// new ones, and a restart, no bar is lost, stale or doubled.
-func TestLoadsStoreWithEveryBarInItsBucket(t *testing.T) {
+// A store written before the open bars moved to the meta record and ticks
+// were written in runs (every bar in its interval's bucket, every tick a
+// record, as earlier versions wrote it) loads the same, and goes on from
+// there: after more ticks into its open bars and new ones, and a restart,
+// no bar or tick is lost, stale or doubled.
+func TestLoadsStoreInEarlierLayout(t *testing.T) {
 	dir := t.TempDir()
 	st := open(t, dir, store.Options{})
 	b := newBus(t, st, 40)
@@ -360,7 +361,7 @@ func TestLoadsStoreWithEveryBarInItsBucket(t *testing.T) {
 // everyBarInItsBucket rewrites the store in dir as earlier versions wrote
 // it: each topic's open bars go to their intervals' buckets (key: the
 // bar's start, big-endian; value: the bar as JSON), out of the meta
-// record.
+// record, and its ticks are one record each.
 func everyBarInItsBucket(t *testing.T, dir string) {
 	t.Helper()
 	db, err := bolt.Open(filepath.Join(dir, store.FileName), 0o600, nil)
@@ -395,10 +396,45 @@ func everyBarInItsBucket(t *testing.T, dir string) {
 			}
 			delete(meta, "open")
 			v, _ := json.Marshal(meta)
-			return tb.Put([]byte("m"), v)
+			if err := tb.Put([]byte("m"), v); err != nil {
+				return err
+			}
+			return everyTickOnItsOwn(tb.Bucket([]byte("t")))
 		})
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// everyTickOnItsOwn rewrites the runs of ticks in tb (key: first and last
+// seq; value: per tick, accept time, JSON length as a uvarint, JSON) as
+// one record per tick (key: seq; value: accept time, JSON).
+func everyTickOnItsOwn(tb *bolt.Bucket) error {
+	type rec struct{ k, v []byte }
+	var runs []rec
+	err := tb.ForEach(func(k, v []byte) error {
+		if len(k) == 16 {
+			runs = append(runs, rec{append([]byte(nil), k...), append([]byte(nil), v...)})
+		}
+		return nil
+	})
+	if err != nil || len(runs) == 0 {
+		return fmt.Errorf("no run of ticks: %v", err)
+	}
+	for _, r := range runs {
+		if err := tb.Delete(r.k); err != nil {
+			return err
+		}
+		first, last := binary.BigEndian.Uint64(r.k), binary.BigEndian.Uint64(r.k[8:])
+		v := r.v
+		for seq := first; seq <= last; seq++ {
+			l, n := binary.Uvarint(v[8:])
+			if err := tb.Put(binary.BigEndian.AppendUint64(nil, seq), append(v[:8:8], v[8+n:8+n+int(l)]...)); err != nil {
+				return err
+			}
+			v = v[8+n+int(l):]
+		}
+	}
+	return nil
 }
