@@ -3,16 +3,24 @@
 //
 // Layout: bucket "meta" holds the epoch and whether the last run closed
 // cleanly; bucket "topics" holds one bucket per topic with its state
-// ("m": seq, source time, accept time, latest fields, epoch lineage), its
-// raw ticks ("t": seq → accept time + the tick in its JSON form, as
-// tick.AppendJSON writes it, so a change of the tick's encoding passes
-// through) and its candles (one bucket per interval: bar start → bar as
-// JSON).
+// ("m", JSON: seq, source time, accept time, latest fields, epoch lineage,
+// the open bar of each candle interval), its raw ticks ("t": runs of
+// consecutive ticks as a commit writes them, first and last seq → per
+// tick its accept time and its JSON form, as tick.AppendJSON writes it,
+// so a change of the tick's encoding passes through; a lone tick as seq →
+// accept time + JSON; see ticks.go) and its closed candles (one bucket per
+// interval: bar start → bar as JSON). The open bar, which every tick
+// changes, rides in "m", rewritten by each commit anyway, and moves to its
+// bucket when a newer bar opens. So a commit dirties a topic's state and
+// ticks pages, not a page of each interval's bucket too, and inserts one
+// key per run of ticks, not one per tick. Stores written with the open bar
+// in its bucket and one record per tick load the same.
 //
 // Writes: Append puts the tick on a bounded queue (no I/O on the
 // publisher's goroutine); one writer goroutine commits the queue in
 // batches, one bbolt transaction each (one fsync of the pages and one of
-// the meta page). The sync policy says when: every Options.SyncInterval
+// the meta page; bbolt's free-page list is not written, Open rebuilds it
+// from the tree). The sync policy says when: every Options.SyncInterval
 // (a crash or power loss loses at most the ticks accepted in the last
 // interval, plus what the writer was committing), or at once with
 // Options.SyncAlways (Settle then returns only after the tick's commit, so
@@ -35,10 +43,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
@@ -121,24 +131,53 @@ type Store struct {
 	topics      map[string]*topicState
 	candleDepth int
 	arena       []byte
+	scratch     []byte
+	touched     []*topicState // by the commit under way
 	lastMaint   time.Time
 }
 
 type topicState struct {
+	name    string
 	seq     uint64
 	ts      int64
 	acc     int64 // Unix ns
 	latest  []tick.Field
 	lineage []stream.EpochSeq
-	bars    []int // stored bars per interval
+	linJSON []byte // lineage as JSON, for putMeta
+	// bars counts the distinct bars stored per interval: in its bucket
+	// and its open bar.
+	bars []int
+	// open is the newest bar of each interval (N 0: none). It is stored in
+	// the meta record, rewritten by every commit anyway, and goes to its
+	// interval's bucket once a newer bar opens: a commit rewrites one
+	// record per topic rather than a page of each interval's bucket.
+	open []stream.Candle
+
+	// The commit under way (touched set): its buckets, and the last state
+	// of each bar it changed that goes to a bucket (a bar is written once
+	// per batch however many ticks it took).
+	touched bool
+	b       *bolt.Bucket
+	ticks   *bolt.Bucket
+	recs    []int // the batch's records of the topic
+	changed map[barKey]stream.Candle
 }
 
+func newTopicState(name string) *topicState {
+	return &topicState{name: name, bars: make([]int, len(stream.CandleIntervals)), open: make([]stream.Candle, len(stream.CandleIntervals))}
+}
+
+// topicMeta is the meta record ("m") of a topic as JSON; putMeta writes
+// it by hand, in the same form.
 type topicMeta struct {
 	Seq     uint64            `json:"seq"`
 	TS      int64             `json:"ts"`
 	Acc     int64             `json:"acc"`
 	Latest  string            `json:"latest"` // tick JSON lines of at most tick.MaxFields fields each
 	Lineage []stream.EpochSeq `json:"lineage,omitempty"`
+	// Open holds the open (newest) bar of each interval, by name; stores
+	// written before it was added hold every bar in its bucket.
+	Open map[string]stream.Candle `json:"open,omitempty"`
 }
 
 type metrics struct {
@@ -168,8 +207,9 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 	db, err := bolt.Open(filepath.Join(opts.Dir, FileName), 0o600, &bolt.Options{
-		Timeout:      time.Second,
-		FreelistType: bolt.FreelistMapType,
+		Timeout:        time.Second,
+		FreelistType:   bolt.FreelistMapType,
+		NoFreelistSync: true,
 	})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, ErrInUse
@@ -291,9 +331,12 @@ func (s *Store) Load(newEpoch string, historyDepth, candleDepth int) (*stream.St
 			}
 			state := s.topics[string(name)]
 			if crashed && old != "" {
-				state.lineage = append(state.lineage, stream.EpochSeq{Epoch: old, Seq: state.seq})
-				if n := len(state.lineage); n > maxLineage {
-					state.lineage = state.lineage[n-maxLineage:]
+				lineage := append(state.lineage, stream.EpochSeq{Epoch: old, Seq: state.seq})
+				if n := len(lineage); n > maxLineage {
+					lineage = lineage[n-maxLineage:]
+				}
+				if err := state.setLineage(lineage); err != nil {
+					return err
 				}
 				ts.Lineage = state.lineage
 				if err := s.putMeta(b, state); err != nil {
@@ -313,9 +356,9 @@ func (s *Store) Load(newEpoch string, historyDepth, candleDepth int) (*stream.St
 }
 
 func (s *Store) loadTopic(b *bolt.Bucket, name string, historyDepth, candleDepth int) (*stream.StoredTopic, error) {
-	state := &topicState{bars: make([]int, len(stream.CandleIntervals))}
+	state := newTopicState(name)
+	var m topicMeta
 	if v := b.Get(kMeta); v != nil {
-		var m topicMeta
 		if err := json.Unmarshal(v, &m); err != nil {
 			return nil, err
 		}
@@ -323,78 +366,83 @@ func (s *Store) loadTopic(b *bolt.Bucket, name string, historyDepth, candleDepth
 		if err != nil {
 			return nil, err
 		}
-		state.seq, state.ts, state.acc, state.latest, state.lineage = m.Seq, m.TS, m.Acc, latest, m.Lineage
+		state.seq, state.ts, state.acc, state.latest = m.Seq, m.TS, m.Acc, latest
+		if err := state.setLineage(m.Lineage); err != nil {
+			return nil, err
+		}
 	}
 	s.topics[name] = state
 	ts := &stream.StoredTopic{Name: name, Seq: state.seq, TS: state.ts, Accepted: time.Unix(0, state.acc),
 		Latest: append([]tick.Field(nil), state.latest...), Lineage: state.lineage}
 	if tb := b.Bucket(bTicks); tb != nil && historyDepth > 0 {
-		c := tb.Cursor()
-		want := state.seq
-		for k, v := c.Last(); k != nil && len(ts.Ticks) < historyDepth; k, v = c.Prev() {
-			seq := binary.BigEndian.Uint64(k)
-			if seq != want {
-				break // not consecutive: the ring ends here
-			}
-			t, err := decodeTick(seq, v)
-			if err != nil {
-				return nil, err
-			}
-			ts.Ticks = append(ts.Ticks, t)
-			want--
-		}
-		for i, j := 0, len(ts.Ticks)-1; i < j; i, j = i+1, j-1 {
-			ts.Ticks[i], ts.Ticks[j] = ts.Ticks[j], ts.Ticks[i]
+		var err error
+		if ts.Ticks, err = loadTicks(tb, state.seq, historyDepth); err != nil {
+			return nil, err
 		}
 	}
 	ts.Candles = make([][]stream.Candle, len(stream.CandleIntervals))
 	for i, iv := range stream.CandleIntervals {
-		cb := b.Bucket([]byte(iv.Name))
-		if cb == nil {
-			continue
-		}
-		state.bars[i] = cb.Stats().KeyN
+		open, hasOpen := m.Open[iv.Name]
+		hasOpen = hasOpen && open.N > 0
 		var bars []stream.Candle
-		c := cb.Cursor()
-		for k, v := c.Last(); k != nil && len(bars) < candleDepth; k, v = c.Prev() {
-			var bar stream.Candle
-			if err := json.Unmarshal(v, &bar); err != nil {
-				return nil, err
+		if cb := b.Bucket([]byte(iv.Name)); cb != nil {
+			state.bars[i] = cb.Stats().KeyN
+			c := cb.Cursor()
+			for k, v := c.Last(); k != nil && len(bars) < candleDepth; k, v = c.Prev() {
+				var bar stream.Candle
+				if err := json.Unmarshal(v, &bar); err != nil {
+					return nil, err
+				}
+				if hasOpen && bar.T == open.T {
+					state.bars[i]-- // counted as the open bar below
+					continue
+				}
+				bars = append(bars, bar)
 			}
-			bars = append(bars, bar)
 		}
 		for l, r := 0, len(bars)-1; l < r; l, r = l+1, r-1 {
 			bars[l], bars[r] = bars[r], bars[l]
+		}
+		switch {
+		case hasOpen:
+			state.open[i] = open
+			state.bars[i]++
+			bars = append(bars, open)
+		case len(bars) > 0:
+			// Written before open bars were kept apart: the newest bar
+			// is in the bucket (and counted); it is the open one.
+			state.open[i] = bars[len(bars)-1]
+		}
+		if n := len(bars); n > candleDepth {
+			bars = bars[n-candleDepth:]
 		}
 		ts.Candles[i] = bars
 	}
 	return ts, nil
 }
 
-func decodeTick(seq uint64, v []byte) (stream.StoredTick, error) {
-	if len(v) < 8 {
-		return stream.StoredTick{}, fmt.Errorf("tick %d: short value", seq)
+func (st *topicState) setLineage(l []stream.EpochSeq) error {
+	st.lineage, st.linJSON = l, nil
+	if len(l) == 0 {
+		return nil
 	}
-	tk, err := tick.ParseTick(v[8:])
-	if err != nil {
-		return stream.StoredTick{}, fmt.Errorf("tick %d: %w", seq, err)
-	}
-	return stream.StoredTick{Seq: seq, TS: tk.TS, Accepted: time.Unix(0, int64(binary.BigEndian.Uint64(v))), Fields: tk.Fields}, nil
+	v, err := json.Marshal(l)
+	st.linJSON = v
+	return err
 }
 
 // placeholderTopic stands for the topic in stored ticks: the bucket
 // names it, so each tick does not repeat it.
 const placeholderTopic = "."
 
-func encodeLatest(fields []tick.Field) string {
-	var b []byte
+func appendLatest(b []byte, fields []tick.Field) []byte {
 	for len(fields) > 0 {
 		n := min(len(fields), tick.MaxFields)
 		b = tick.Tick{Topic: placeholderTopic, Fields: fields[:n]}.AppendJSON(b)
 		b = append(b, '\n')
 		fields = fields[n:]
 	}
-	return string(b)
+	return b
 }
 
 func decodeLatest(s string) ([]tick.Field, error) {
@@ -412,12 +460,121 @@ func decodeLatest(s string) ([]tick.Field, error) {
 	return out, nil
 }
 
+// putMeta writes st's meta record. Its value is in s.arena, which the
+// caller keeps until the commit.
 func (s *Store) putMeta(b *bolt.Bucket, st *topicState) error {
-	v, err := json.Marshal(topicMeta{Seq: st.seq, TS: st.ts, Acc: st.acc, Latest: encodeLatest(st.latest), Lineage: st.lineage})
-	if err != nil {
-		return err
+	s.scratch = appendLatest(s.scratch[:0], st.latest)
+	start := len(s.arena)
+	s.arena = appendMeta(s.arena, st, s.scratch)
+	return b.Put(kMeta, s.arena[start:len(s.arena):len(s.arena)])
+}
+
+// appendMeta appends st's meta record as json.Marshal writes its
+// topicMeta, latest being its latest fields as appendLatest writes them.
+func appendMeta(b []byte, st *topicState, latest []byte) []byte {
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendUint(b, st.seq, 10)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, st.ts, 10)
+	b = append(b, `,"acc":`...)
+	b = strconv.AppendInt(b, st.acc, 10)
+	b = append(b, `,"latest":`...)
+	b = appendJSONString(b, latest)
+	if len(st.linJSON) > 0 {
+		b = append(b, `,"lineage":`...)
+		b = append(b, st.linJSON...)
 	}
-	return b.Put(kMeta, v)
+	sep := byte('{')
+	for i, bar := range st.open {
+		if bar.N <= 0 {
+			continue
+		}
+		if sep == '{' {
+			b = append(b, `,"open":`...)
+		}
+		b = append(b, sep, '"')
+		b = append(b, stream.CandleIntervals[i].Name...) // no character to escape
+		b = append(b, '"', ':')
+		b = appendBar(b, bar)
+		sep = ','
+	}
+	if sep == ',' {
+		b = append(b, '}')
+	}
+	return append(b, '}')
+}
+
+// appendBar appends bar as json.Marshal writes it.
+func appendBar(b []byte, bar stream.Candle) []byte {
+	b = append(b, `{"t":`...)
+	b = strconv.AppendInt(b, bar.T, 10)
+	b = append(b, `,"o":`...)
+	b = bar.O.Append(b)
+	b = append(b, `,"h":`...)
+	b = bar.H.Append(b)
+	b = append(b, `,"l":`...)
+	b = bar.L.Append(b)
+	b = append(b, `,"c":`...)
+	b = bar.C.Append(b)
+	b = append(b, `,"v":`...)
+	b = bar.V.Append(b)
+	b = append(b, `,"n":`...)
+	b = strconv.AppendInt(b, bar.N, 10)
+	return append(b, '}')
+}
+
+// appendJSONString appends s as a JSON string, escaped as json.Marshal
+// does (HTML characters included; invalid UTF-8 becomes U+FFFD).
+func appendJSONString(b, s []byte) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
 
 // Append implements stream.Store.
@@ -542,14 +699,8 @@ func (s *Store) flush() bool {
 	return len(batch) > 0
 }
 
-type txTopic struct {
-	b, ticks *bolt.Bucket
-	bars     []*bolt.Bucket
-	state    *topicState
-	// changed holds the last state of each bar the batch changed: a bar
-	// is written once per batch however many ticks it took.
-	changed map[barKey]stream.Candle
-}
+// maxIntervals bounds stream.CandleIntervals.
+const maxIntervals = len(stream.StoreRecord{}.Bars)
 
 type barKey struct {
 	interval int
@@ -557,53 +708,44 @@ type barKey struct {
 }
 
 func (s *Store) commit(batch []stream.StoreRecord) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		root := tx.Bucket(bTopics)
-		touched := make(map[string]*txTopic)
-		arena := s.arena[:0]
+		s.arena = s.arena[:0]
+		var st *topicState
 		for i := range batch {
 			r := &batch[i]
-			tt := touched[r.Topic]
-			if tt == nil {
+			if st == nil || st.name != r.Topic {
 				var err error
-				if tt, err = s.openTopic(root, r.Topic); err != nil {
+				if st, err = s.openTopic(root, r.Topic); err != nil {
 					return err
 				}
-				touched[r.Topic] = tt
 			}
-			start := len(arena)
-			arena = be8(arena, r.Seq)
-			key := arena[start:len(arena):len(arena)]
-			start = len(arena)
-			arena = be8(arena, uint64(r.Accepted.UnixNano()))
-			arena = tick.Tick{Topic: placeholderTopic, TS: r.TS, Fields: r.Fields}.AppendJSON(arena)
-			if err := tt.ticks.Put(key, arena[start:len(arena):len(arena)]); err != nil {
-				return err
-			}
+			st.recs = append(st.recs, i)
 			for _, bar := range r.Bars[:r.NBars] {
-				if bar.Interval < 0 || bar.Interval >= len(tt.bars) || bar.Bar.T < 0 {
+				if bar.Interval < 0 || bar.Interval >= len(st.open) || bar.Bar.T < 0 {
 					continue
 				}
-				tt.changed[barKey{bar.Interval, bar.Bar.T}] = bar.Bar
 				if bar.New {
-					tt.state.bars[bar.Interval]++
+					st.bars[bar.Interval]++
 				}
+				st.foldBar(bar.Interval, bar.Bar)
 			}
-			st := tt.state
 			st.seq, st.ts, st.acc = r.Seq, r.TS, r.Accepted.UnixNano()
 			st.latest = mergeFields(st.latest, r.Fields)
 		}
-		s.arena = arena[:0]
-		for _, tt := range touched {
-			if err := s.putBars(tt, &arena); err != nil {
+		for _, st := range s.touched {
+			if err := s.putTicks(st, batch); err != nil {
 				return err
 			}
-			if err := s.putMeta(tt.b, tt.state); err != nil {
+			if err := s.putBars(st); err != nil {
 				return err
 			}
-			if n := uint64(s.opts.RetentionTicks); n > 0 && tt.state.seq > n {
-				cut := tt.state.seq - n + 1 // keep seqs from cut on
-				pruned, err := pruneWhile(tt.ticks, func(k, _ []byte) bool { return binary.BigEndian.Uint64(k) < cut })
+			if err := s.putMeta(st.b, st); err != nil {
+				return err
+			}
+			if n := uint64(s.opts.RetentionTicks); n > 0 && st.seq > n {
+				cut := st.seq - n + 1 // keep seqs from cut on
+				pruned, err := pruneTicks(st.ticks, func(seq uint64, _ int64) bool { return seq < cut })
 				if err != nil {
 					return err
 				}
@@ -614,61 +756,132 @@ func (s *Store) commit(batch []stream.StoreRecord) error {
 		}
 		return nil
 	})
-}
-
-func (s *Store) openTopic(root *bolt.Bucket, name string) (*txTopic, error) {
-	b, err := root.CreateBucketIfNotExists([]byte(name))
-	if err != nil {
-		return nil, err
-	}
-	tt := &txTopic{b: b, bars: make([]*bolt.Bucket, len(stream.CandleIntervals)), changed: make(map[barKey]stream.Candle)}
-	if tt.ticks, err = b.CreateBucketIfNotExists(bTicks); err != nil {
-		return nil, err
-	}
-	tt.ticks.FillPercent = 1 // appended in key order: fill pages
-	for i, iv := range stream.CandleIntervals {
-		if tt.bars[i], err = b.CreateBucketIfNotExists([]byte(iv.Name)); err != nil {
-			return nil, err
+	for _, st := range s.touched {
+		st.touched, st.b, st.ticks, st.recs = false, nil, nil, st.recs[:0]
+		if err == nil {
+			// Kept on failure: the next commit of the topic writes them.
+			clear(st.changed)
 		}
-		tt.bars[i].FillPercent = 1
 	}
-	tt.state = s.topics[name]
-	if tt.state == nil {
-		tt.state = &topicState{bars: make([]int, len(stream.CandleIntervals))}
-		s.topics[name] = tt.state
-	}
-	return tt, nil
+	clear(s.touched)
+	s.touched = s.touched[:0]
+	return err
 }
 
-// putBars writes the bars the batch changed, then drops the oldest bars
-// of each interval past the candle depth, as the bus's rings do.
-func (s *Store) putBars(tt *txTopic, arena *[]byte) error {
-	for k, bar := range tt.changed {
-		v, err := json.Marshal(bar)
+// openTopic returns the state of topic name in the commit under way, its
+// buckets looked up (created if missing) the first time.
+func (s *Store) openTopic(root *bolt.Bucket, name string) (*topicState, error) {
+	st := s.topics[name]
+	if st != nil && st.touched {
+		return st, nil
+	}
+	if st == nil {
+		st = newTopicState(name)
+		s.topics[name] = st
+	}
+	var err error
+	if st.b, err = bucket(root, []byte(name)); err != nil {
+		return nil, err
+	}
+	if st.ticks, err = bucket(st.b, bTicks); err != nil {
+		return nil, err
+	}
+	st.ticks.FillPercent = 1 // appended in key order: fill pages
+	if st.changed == nil {
+		st.changed = make(map[barKey]stream.Candle)
+	}
+	st.touched = true
+	s.touched = append(s.touched, st)
+	return st, nil
+}
+
+// bucket returns parent's bucket name, created if missing (a lookup
+// costs less than CreateBucketIfNotExists).
+func bucket(parent *bolt.Bucket, name []byte) (*bolt.Bucket, error) {
+	if b := parent.Bucket(name); b != nil {
+		return b, nil
+	}
+	return parent.CreateBucket(name)
+}
+
+// foldBar takes the state of bar i after a tick: the open bar of its
+// interval, or an older one (a late tick) to write to the bucket. An open
+// bar a newer one closes goes to the bucket.
+func (st *topicState) foldBar(i int, bar stream.Candle) {
+	o := &st.open[i]
+	switch {
+	case o.N <= 0 || bar.T == o.T:
+		*o = bar
+	case bar.T > o.T:
+		st.changed[barKey{i, o.T}] = *o
+		*o = bar
+	default:
+		st.changed[barKey{i, bar.T}] = bar
+	}
+}
+
+// putBars writes the bars the batch closed or changed to their buckets,
+// then drops the oldest bars of each interval past the candle depth, as
+// the bus's rings do (the open bar is never dropped).
+func (s *Store) putBars(st *topicState) error {
+	var bs [maxIntervals]*bolt.Bucket
+	intervalBucket := func(i int, create bool) (*bolt.Bucket, error) {
+		if bs[i] != nil {
+			return bs[i], nil
+		}
+		name := []byte(stream.CandleIntervals[i].Name)
+		if create {
+			b, err := bucket(st.b, name)
+			if err != nil {
+				return nil, err
+			}
+			bs[i] = b
+		} else {
+			bs[i] = st.b.Bucket(name)
+		}
+		if bs[i] != nil {
+			bs[i].FillPercent = 1
+		}
+		return bs[i], nil
+	}
+	for k, bar := range st.changed {
+		b, err := intervalBucket(k.interval, true)
 		if err != nil {
 			return err
 		}
-		start := len(*arena)
-		*arena = be8(*arena, uint64(k.t))
-		if err := tt.bars[k.interval].Put((*arena)[start:len(*arena):len(*arena)], v); err != nil {
+		start := len(s.arena)
+		s.arena = be8(s.arena, uint64(k.t))
+		key := s.arena[start:len(s.arena):len(s.arena)]
+		start = len(s.arena)
+		s.arena = appendBar(s.arena, bar)
+		if err := b.Put(key, s.arena[start:len(s.arena):len(s.arena)]); err != nil {
 			return err
 		}
 	}
-	for i, b := range tt.bars {
-		n := &tt.state.bars[i]
-		if over := *n - s.candleDepth; over > 0 {
-			left := over
-			d, err := pruneWhile(b, func(_, _ []byte) bool { left--; return left >= 0 })
-			if err != nil {
-				return err
-			}
-			*n -= d
+	for i := range st.bars {
+		n := &st.bars[i]
+		over := *n - s.candleDepth
+		if over <= 0 {
+			continue
 		}
+		b, err := intervalBucket(i, false)
+		if err != nil || b == nil {
+			continue
+		}
+		open := st.open[i]
+		d, err := pruneWhile(b, func(k, _ []byte) bool {
+			over--
+			return over >= 0 && (open.N <= 0 || int64(binary.BigEndian.Uint64(k)) < open.T)
+		})
+		if err != nil {
+			return err
+		}
+		*n -= d
 	}
 	return nil
 }
 
-// pruneWhile deletes the first keys of b while keep says so, and returns
+// pruneWhile deletes the first keys of b while del says so, and returns
 // how many it deleted.
 func pruneWhile(b *bolt.Bucket, del func(k, v []byte) bool) (int, error) {
 	n := 0
@@ -710,10 +923,14 @@ func (s *Store) maintain(force bool) {
 	s.lastMaint = now
 	if age := s.opts.RetentionAge; age > 0 {
 		cut := now.Add(-age).UnixNano()
-		if n, err := s.pruneBefore(cut); err != nil {
-			s.log.Error("store: pruning by age", "err", err)
-		} else if n > 0 {
-			s.m.pruned.WithLabelValues("age").Add(float64(n))
+		// A write transaction costs two fsyncs even when it changes
+		// nothing: look first.
+		if oldest, ok := s.oldestAccepted(); ok && oldest < cut {
+			if n, err := s.pruneBefore(cut); err != nil {
+				s.log.Error("store: pruning by age", "err", err)
+			} else if n > 0 {
+				s.m.pruned.WithLabelValues("age").Add(float64(n))
+			}
 		}
 	}
 	s.updateSize()
@@ -768,7 +985,7 @@ func (s *Store) pruneBefore(cut int64) (int, error) {
 			if tb == nil {
 				return nil
 			}
-			d, err := pruneWhile(tb, func(_, v []byte) bool { return len(v) >= 8 && int64(binary.BigEndian.Uint64(v)) < cut })
+			d, err := pruneTicks(tb, func(_ uint64, acc int64) bool { return acc < cut })
 			n += d
 			return err
 		})
@@ -793,20 +1010,9 @@ func (s *Store) History(topic string, afterSeq uint64, limit int) (uint64, []str
 		if tb == nil {
 			return nil
 		}
-		c := tb.Cursor()
-		k, _ := c.First()
-		if k == nil {
-			return nil
-		}
-		oldest = binary.BigEndian.Uint64(k)
-		for k, v := c.Seek(be8(nil, afterSeq+1)); k != nil && len(out) < limit; k, v = c.Next() {
-			t, err := decodeTick(binary.BigEndian.Uint64(k), v)
-			if err != nil {
-				return err
-			}
-			out = append(out, stream.HistoryTick{Seq: t.Seq, TS: t.TS, Data: t.Fields})
-		}
-		return nil
+		var err error
+		oldest, out, err = readTicks(tb, afterSeq, limit)
+		return err
 	})
 	return oldest, out, err
 }

@@ -2,6 +2,9 @@ package store_test
 
 import (
 	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -11,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"go.uber.org/goleak"
 
 	"github.com/tickstream/tickstream/feeds/tick"
@@ -316,4 +320,121 @@ func BenchmarkPublishDurable(b *testing.B) {
 			_ = st.Close()
 		})
 	}
+}
+
+// A store written before the open bars moved to the meta record and ticks
+// were written in runs (every bar in its interval's bucket, every tick a
+// record, as earlier versions wrote it) loads the same, and goes on from
+// there: after more ticks into its open bars and new ones, and a restart,
+// no bar or tick is lost, stale or doubled.
+func TestLoadsStoreInEarlierLayout(t *testing.T) {
+	dir := t.TempDir()
+	st := open(t, dir, store.Options{})
+	b := newBus(t, st, 40)
+	base := time.Now().Add(-time.Hour).UnixMilli()
+	publishN(t, b, "A", 0, 300, base) // 75 bars of 1 s: past the depth of 50
+	publishN(t, b, "B.x", 0, 30, base)
+	st.Flush()
+	before := snap(t, b)
+	closeAll(t, b, st)
+	everyBarInItsBucket(t, dir)
+
+	st = open(t, dir, store.Options{})
+	b = newBus(t, st, 40)
+	if after := snap(t, b); !reflect.DeepEqual(before, after) {
+		t.Fatalf("loaded from the earlier layout:\n%+v\nwant\n%+v", after, before)
+	}
+	publishN(t, b, "A", 300, 100, base)
+	publishN(t, b, "B.x", 30, 10, base)
+	st.Flush()
+	before = snap(t, b)
+	closeAll(t, b, st)
+
+	st = open(t, dir, store.Options{})
+	b = newBus(t, st, 40)
+	if after := snap(t, b); !reflect.DeepEqual(before, after) {
+		t.Fatalf("after more ticks and a restart:\n%+v\nwant\n%+v", after, before)
+	}
+	closeAll(t, b, st)
+}
+
+// everyBarInItsBucket rewrites the store in dir as earlier versions wrote
+// it: each topic's open bars go to their intervals' buckets (key: the
+// bar's start, big-endian; value: the bar as JSON), out of the meta
+// record, and its ticks are one record each.
+func everyBarInItsBucket(t *testing.T, dir string) {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(dir, store.FileName), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		root := tx.Bucket([]byte("topics"))
+		return root.ForEachBucket(func(name []byte) error {
+			tb := root.Bucket(name)
+			var meta map[string]json.RawMessage
+			if err := json.Unmarshal(tb.Get([]byte("m")), &meta); err != nil {
+				return err
+			}
+			var open map[string]stream.Candle
+			if err := json.Unmarshal(meta["open"], &open); err != nil {
+				return err
+			}
+			if len(open) == 0 {
+				return fmt.Errorf("topic %s: no open bar in %v", name, meta)
+			}
+			for iv, bar := range open {
+				cb, err := tb.CreateBucketIfNotExists([]byte(iv))
+				if err != nil {
+					return err
+				}
+				v, _ := json.Marshal(bar)
+				if err := cb.Put(binary.BigEndian.AppendUint64(nil, uint64(bar.T)), v); err != nil {
+					return err
+				}
+			}
+			delete(meta, "open")
+			v, _ := json.Marshal(meta)
+			if err := tb.Put([]byte("m"), v); err != nil {
+				return err
+			}
+			return everyTickOnItsOwn(tb.Bucket([]byte("t")))
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// everyTickOnItsOwn rewrites the runs of ticks in tb (key: first and last
+// seq; value: per tick, accept time, JSON length as a uvarint, JSON) as
+// one record per tick (key: seq; value: accept time, JSON).
+func everyTickOnItsOwn(tb *bolt.Bucket) error {
+	type rec struct{ k, v []byte }
+	var runs []rec
+	err := tb.ForEach(func(k, v []byte) error {
+		if len(k) == 16 {
+			runs = append(runs, rec{append([]byte(nil), k...), append([]byte(nil), v...)})
+		}
+		return nil
+	})
+	if err != nil || len(runs) == 0 {
+		return fmt.Errorf("no run of ticks: %v", err)
+	}
+	for _, r := range runs {
+		if err := tb.Delete(r.k); err != nil {
+			return err
+		}
+		first, last := binary.BigEndian.Uint64(r.k), binary.BigEndian.Uint64(r.k[8:])
+		v := r.v
+		for seq := first; seq <= last; seq++ {
+			l, n := binary.Uvarint(v[8:])
+			if err := tb.Put(binary.BigEndian.AppendUint64(nil, seq), append(v[:8:8], v[8+n:8+n+int(l)]...)); err != nil {
+				return err
+			}
+			v = v[8+n+int(l):]
+		}
+	}
+	return nil
 }
