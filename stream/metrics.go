@@ -19,6 +19,10 @@ type Metrics struct {
 	latency        prometheus.Histogram
 	limited        *prometheus.CounterVec
 	evicted        prometheus.Counter
+	directWrites   *prometheus.CounterVec
+	// direct writes by result: whole, partial (the writer goroutine
+	// finishes it), deferred (the socket was busy: the writer writes it)
+	directWhole, directPartial, directDeferred prometheus.Counter
 
 	lagging atomicGauge
 	// per-transport subscriber counts, read by GaugeFuncs
@@ -67,13 +71,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		evicted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tickstream_topics_evicted_total", Help: "Topics evicted after topic_idle_evict_ms with no tick and no subscriber.",
 		}),
+		directWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tickstream_direct_writes_total", Help: "Batches a flusher wrote to a socket itself, without blocking, by result: whole, partial (the connection's writer finished it) or deferred (the socket was busy: the writer wrote it).",
+		}, []string{"result"}),
 		conns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tickstream_connections", Help: "Open client connections, by transport.",
 		}, []string{"transport"}),
 	}
+	m.directWhole = m.directWrites.WithLabelValues("whole")
+	m.directPartial = m.directWrites.WithLabelValues("partial")
+	m.directDeferred = m.directWrites.WithLabelValues("deferred")
 	if reg != nil {
 		reg.MustRegister(m.ticksIn, m.ticksRefused, m.ticksCoalesced, m.sentMsgs, m.sentBytes,
-			m.stepDowns, m.slowCloses, m.latency, m.conns, m.limited, m.evicted,
+			m.stepDowns, m.slowCloses, m.latency, m.conns, m.limited, m.evicted, m.directWrites,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "tickstream_lagging_clients", Help: "Clients currently stepped down for being slow.",
 			}, func() float64 { return float64(m.lagging.v.Load()) }),

@@ -397,11 +397,17 @@ func (s *Subscriber) writeDirect(scratch *[]Message) bool {
 		s.inflight = 0
 		s.writing, s.waiter = false, false
 		s.mu.Unlock()
+		s.bus.metrics.directDeferred.Inc()
 		clear(batch)
 		*scratch = batch[:0]
 		return false
 	}
 	s.wrote(batch, time.Since(start), false)
+	if incomplete {
+		s.bus.metrics.directPartial.Inc()
+	} else {
+		s.bus.metrics.directWhole.Inc()
+	}
 	clear(batch)
 	if cap(batch) > maxKeptScratch {
 		batch = nil
