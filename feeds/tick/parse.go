@@ -103,16 +103,17 @@ func (p *parser) intern(b []byte, maxLen int) string {
 }
 
 func parse(data []byte, published bool) (Tick, []byte, error) {
-	// fastjson's Parser is lenient (it takes NaN, 01 and bad escapes):
-	// Validate first holds the input to the JSON grammar, as
-	// encoding/json did.
-	if err := fastjson.ValidateBytes(data); err != nil {
-		return Tick{}, nil, tickErr(ErrBadJSON, "%v", err)
-	}
 	p := getParser(len(data))
 	defer p.release(len(data))
+	// The Parser bounds nesting (fastjson.MaxDepth) but is lenient: it
+	// takes NaN, 01 and bad escapes. Validate, whose recursion is bounded
+	// only once Parse succeeded, then holds the input to the JSON
+	// grammar, as encoding/json did.
 	v, err := p.p.ParseBytes(data)
-	if err != nil { // nested deeper than fastjson.MaxDepth
+	if err == nil {
+		err = fastjson.ValidateBytes(data)
+	}
+	if err != nil {
 		return Tick{}, nil, tickErr(ErrBadJSON, "%v", err)
 	}
 	if v.Type() != fastjson.TypeObject {

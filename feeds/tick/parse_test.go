@@ -244,3 +244,17 @@ func TestParseTickOwnsItsStrings(t *testing.T) {
 		t.Fatalf("tick changed under a later parse: %+v", a)
 	}
 }
+
+// Deep nesting is refused before any recursion that deep (the old parser
+// stopped at encoding/json's 10000 levels).
+func TestParseTickDeepNesting(t *testing.T) {
+	for _, s := range []string{
+		`{"topic":"a","seq":` + strings.Repeat("[", 1<<20) + strings.Repeat("]", 1<<20) + `}`,
+		`{"topic":"a","seq":` + strings.Repeat("[", 1<<20),
+		strings.Repeat(`{"a":`, 1<<18),
+	} {
+		if _, err := ParseTick([]byte(s)); !errors.Is(err, ErrBadJSON) {
+			t.Errorf("%d bytes deep: %v, want ErrBadJSON", len(s), err)
+		}
+	}
+}
