@@ -103,18 +103,21 @@ func (p *parser) intern(b []byte, maxLen int) string {
 }
 
 func parse(data []byte, published bool) (Tick, []byte, error) {
+	// fastjson recurses once per level of nesting and wraps its error
+	// message at each: bound the nesting first.
+	if tooDeep(data) {
+		return Tick{}, nil, tickErr(ErrBadJSON, "nested deeper than %d levels", maxNesting)
+	}
 	p := getParser(len(data))
 	defer p.release(len(data))
-	// The Parser bounds nesting (fastjson.MaxDepth) but is lenient: it
-	// takes NaN, 01 and bad escapes. Validate, whose recursion is bounded
-	// only once Parse succeeded, then holds the input to the JSON
-	// grammar, as encoding/json did.
+	// The Parser is lenient (it takes NaN, 01 and bad escapes): Validate
+	// holds the input to the JSON grammar, as encoding/json did.
 	v, err := p.p.ParseBytes(data)
 	if err == nil {
 		err = fastjson.ValidateBytes(data)
 	}
 	if err != nil {
-		return Tick{}, nil, tickErr(ErrBadJSON, "%v", err)
+		return Tick{}, nil, tickErr(ErrBadJSON, "%s", shortened(err.Error()))
 	}
 	if v.Type() != fastjson.TypeObject {
 		return Tick{}, nil, tickErr(ErrBadJSON, "want a JSON object, not %s", v.Type())
@@ -315,4 +318,46 @@ func decodedKey(k []byte) []byte {
 		k = k[size:]
 	}
 	return out
+}
+
+// maxNesting bounds how deep arrays and objects nest in a tick (a tick
+// needs 2: itself and its fields).
+const maxNesting = 32
+
+// tooDeep reports whether data nests arrays and objects deeper than
+// maxNesting. Its strings are those fastjson reads as far as it gets, so
+// fastjson never recurses deeper than this counts.
+func tooDeep(data []byte) bool {
+	depth := 0
+	for i := 0; i < len(data); i++ {
+		switch data[i] {
+		case '"':
+			for i++; i < len(data) && data[i] != '"'; i++ {
+				if data[i] == '\\' {
+					i++
+				}
+			}
+		case '[', '{':
+			if depth++; depth > maxNesting {
+				return true
+			}
+		case ']', '}':
+			depth--
+		}
+	}
+	return false
+}
+
+// shortened keeps the end of a long fastjson error message (the innermost
+// reason and the unparsed tail).
+func shortened(msg string) string {
+	const max = 200
+	if len(msg) <= max {
+		return msg
+	}
+	i := len(msg) - max
+	for i < len(msg) && !utf8.RuneStart(msg[i]) {
+		i++
+	}
+	return "…" + msg[i:]
 }

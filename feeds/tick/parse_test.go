@@ -43,8 +43,8 @@ func checkSameAsOld(t *testing.T, data []byte, parse, old func([]byte) (Tick, er
 		}
 		return
 	}
-	if err != nil && errors.Is(err, ErrBadJSON) && strings.Contains(err.Error(), "too big depth") {
-		return // fastjson.MaxDepth (300) is below encoding/json's 10000
+	if err != nil && errors.Is(err, ErrBadJSON) && strings.Contains(err.Error(), "nested deeper") {
+		return // maxNesting (32) is below encoding/json's 10000
 	}
 	if (err == nil) != (oldErr == nil) {
 		t.Fatalf("%q:\n new: %+v, %v\n old: %+v, %v", data, got, err, want, oldErr)
@@ -246,15 +246,21 @@ func TestParseTickOwnsItsStrings(t *testing.T) {
 }
 
 // Deep nesting is refused before any recursion that deep (the old parser
-// stopped at encoding/json's 10000 levels).
+// stopped at encoding/json's 10000 levels), with a short reason.
 func TestParseTickDeepNesting(t *testing.T) {
+	deepest := `{"topic":"a","seq":` + strings.Repeat("[", maxNesting-1) + strings.Repeat("]", maxNesting-1) + `}`
+	if _, err := ParseTick([]byte(deepest)); err != nil {
+		t.Errorf("%d levels: %v", maxNesting, err)
+	}
 	for _, s := range []string{
+		`{"topic":"a","seq":` + strings.Repeat("[", maxNesting) + strings.Repeat("]", maxNesting) + `}`,
+		`{"topic":"a","seq":` + strings.Repeat("[", maxNesting-1) + "01" + strings.Repeat("]", maxNesting-1) + `}`,
 		`{"topic":"a","seq":` + strings.Repeat("[", 1<<20) + strings.Repeat("]", 1<<20) + `}`,
 		`{"topic":"a","seq":` + strings.Repeat("[", 1<<20),
 		strings.Repeat(`{"a":`, 1<<18),
 	} {
-		if _, err := ParseTick([]byte(s)); !errors.Is(err, ErrBadJSON) {
-			t.Errorf("%d bytes deep: %v, want ErrBadJSON", len(s), err)
+		if _, err := ParseTick([]byte(s)); !errors.Is(err, ErrBadJSON) || len(err.Error()) > 300 {
+			t.Errorf("%d bytes: %v, want a short ErrBadJSON", len(s), err)
 		}
 	}
 }
