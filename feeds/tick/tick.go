@@ -4,8 +4,6 @@
 package tick
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -288,87 +286,6 @@ func (t *Tick) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
-// ParseTick decodes and validates one tick in the tick JSON format.
-func ParseTick(data []byte) (Tick, error) {
-	var raw map[string]json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&raw); err != nil {
-		return Tick{}, tickErr(ErrBadJSON, "%v", err)
-	}
-	if raw == nil {
-		return Tick{}, tickErr(ErrBadJSON, "want a JSON object")
-	}
-	// Refuse oversized objects before the per-field work, which is
-	// quadratic in the number of fields (they are few in a valid tick).
-	if len(raw) > MaxFields+5 { // + topic, ts, seq, epoch, fields
-		return Tick{}, tickErr(ErrTooManyField, "%d keys, at most %d fields", len(raw), MaxFields)
-	}
-	var t Tick
-	if v, ok := raw["topic"]; ok {
-		if err := json.Unmarshal(v, &t.Topic); err != nil {
-			return Tick{}, tickErr(ErrBadTopic, "topic must be a string")
-		}
-	} else {
-		return Tick{}, tickErr(ErrBadTopic, "missing \"topic\"")
-	}
-	if v, ok := raw["ts"]; ok && string(v) != "null" {
-		// A fraction of a millisecond is truncated, never rounded into
-		// the next millisecond (or bar).
-		n, err := parseNumber(v)
-		ms, fits := n.Trunc()
-		if err != nil || n.Sign() < 0 || !fits || ms > 1<<53 {
-			return Tick{}, tickErr(ErrBadField, "ts must be Unix milliseconds, got %s", v)
-		}
-		t.TS = ms
-	}
-	for k, v := range raw {
-		switch k {
-		case "topic", "ts", "seq", "epoch":
-			continue
-		case "fields":
-			var custom map[string]json.RawMessage
-			if err := json.Unmarshal(v, &custom); err != nil {
-				return Tick{}, tickErr(ErrBadField, "fields must be an object of numbers")
-			}
-			if len(custom)+len(raw) > MaxFields+5 {
-				return Tick{}, tickErr(ErrTooManyField, "%d custom fields, at most %d fields", len(custom), MaxFields)
-			}
-			for name, fv := range custom {
-				if isMarketField(name) {
-					return Tick{}, tickErr(ErrBadField, "market field %q belongs at the top level, not in fields", name)
-				}
-				if err := t.addParsed(name, fv); err != nil {
-					return Tick{}, err
-				}
-			}
-		default:
-			if err := t.addParsed(k, v); err != nil {
-				return Tick{}, err
-			}
-		}
-	}
-	t.sortFields()
-	if err := t.Validate(); err != nil {
-		return Tick{}, err
-	}
-	return t, nil
-}
-
-func (t *Tick) addParsed(name string, v json.RawMessage) error {
-	f, err := parseNumber(v)
-	if err != nil {
-		if errors.Is(err, ErrNonFinite) {
-			return tickErr(ErrNonFinite, "field %q", name)
-		}
-		return tickErr(ErrBadField, "field %q: %v", name, err)
-	}
-	if _, dup := t.Get(name); dup {
-		return tickErr(ErrBadField, "field %q given twice", name)
-	}
-	t.Fields = append(t.Fields, Field{Name: name, Value: f})
-	return nil
-}
-
 // sortFields puts market fields first in their fixed order, then custom
 // fields by name, so that decoding is deterministic.
 func (t *Tick) sortFields() {
@@ -391,20 +308,4 @@ func (t *Tick) sortFields() {
 			fs[j-1], fs[j] = b, a
 		}
 	}
-}
-
-// parseNumber reads a JSON number, or a string holding one (exchanges
-// send decimals as strings), exactly: no float64 round trip.
-func parseNumber(v json.RawMessage) (Num, error) {
-	s := bytes.TrimSpace(v)
-	if len(s) > 0 && s[0] == '"' {
-		var str string
-		if err := json.Unmarshal(s, &str); err != nil {
-			return Num{}, errNotNumber
-		}
-		s = bytes.TrimSpace([]byte(str))
-	} else if len(s) == 0 || (s[0] != '-' && (s[0] < '0' || s[0] > '9')) {
-		return Num{}, errNotNumber
-	}
-	return parseNum(s)
 }

@@ -159,6 +159,9 @@ func ValidMid(raw json.RawMessage) bool {
 	if len(raw) == 0 || len(raw) > MaxMidLen {
 		return false
 	}
+	if n := len(raw); n > 2 && raw[0] == '"' && raw[n-1] == '"' && plainString(raw[1:n-1]) {
+		return true // the usual mid, without decoding it
+	}
 	var v any
 	if json.Unmarshal(raw, &v) != nil {
 		return false
@@ -170,6 +173,17 @@ func ValidMid(raw json.RawMessage) bool {
 		return v != ""
 	}
 	return false
+}
+
+// plainString reports whether s can stand between quotes as a JSON string
+// as it is: no quote, backslash or control character.
+func plainString(s []byte) bool {
+	for _, c := range s {
+		if c < 0x20 || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // ValidProducer reports whether p can name a producer: 1-64 characters of

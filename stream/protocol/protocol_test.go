@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"encoding/json"
 	"maps"
 	"slices"
 	"strings"
@@ -152,6 +153,28 @@ func FuzzTopicPattern(f *testing.F) {
 		}
 		if !tick.ValidTopic(p + "a") {
 			t.Fatalf("pattern %q can match no topic: %q is not one", s, p+"a")
+		}
+	})
+}
+
+// FuzzValidMid: the fast path for plain strings agrees with decoding.
+func FuzzValidMid(f *testing.F) {
+	for _, s := range []string{`"m1"`, `""`, `"`, `"a"b"`, `"a\"b"`, `"\u0000"`, "\"a\x01\"", "\"\xff\"", `12.5`, `1e999`, `null`, `{"a":1}`, `"x" `, strings.Repeat("x", 130)} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		want := false
+		var v any
+		if len(raw) > 0 && len(raw) <= MaxMidLen && json.Unmarshal(raw, &v) == nil {
+			switch v := v.(type) {
+			case float64:
+				want = true
+			case string:
+				want = v != ""
+			}
+		}
+		if got := ValidMid(raw); got != want {
+			t.Fatalf("ValidMid(%q) = %v, want %v", raw, got, want)
 		}
 	})
 }

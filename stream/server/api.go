@@ -2,12 +2,12 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
 	"slices"
-	"sort"
 	"strconv"
 
 	"github.com/gofiber/fiber/v2"
@@ -198,6 +198,11 @@ func (s *Server) handlePublish(c *fiber.Ctx) error {
 	}
 	var items []json.RawMessage
 	var lines []int // the line (or array position) of each item
+	if body[0] != '[' {
+		// NDJSON: one item a line at most; size both lists once.
+		n := bytes.Count(body, []byte{'\n'}) + 1
+		items, lines = make([]json.RawMessage, 0, n), make([]int, 0, n)
+	}
 	res := publishResult{Refused: []refusedTick{}}
 	split := func(line int, raw []byte, err error) {
 		if err != nil {
@@ -215,7 +220,7 @@ func (s *Server) handlePublish(c *fiber.Ctx) error {
 	for _, f := range r.Refused {
 		res.Refused = append(res.Refused, refusedTick{Line: lines[f.Index], Code: f.Code, Error: f.Error})
 	}
-	sort.SliceStable(res.Refused, func(i, j int) bool { return res.Refused[i].Line < res.Refused[j].Line })
+	slices.SortStableFunc(res.Refused, func(a, b refusedTick) int { return cmp.Compare(a.Line, b.Line) })
 	status := fiber.StatusOK
 	if res.Accepted == 0 && len(res.Refused) > 0 {
 		status = fiber.StatusBadRequest

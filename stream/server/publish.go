@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -74,30 +73,17 @@ func (s *Server) publishSeq(t tick.Tick) (uint64, error) {
 	return 0, s.cfg.PublishSink.Publish(t)
 }
 
-var midKey = []byte(`"mid"`)
-
-// parsePublished parses one published tick and its optional "mid".
+// parsePublished parses one published tick and its optional "mid" in one
+// pass (tick.ParsePublished). A bad mid refuses the tick before anything
+// else is checked.
 func parsePublished(raw []byte) (feeds.Tick, string, error) {
-	if !bytes.Contains(raw, midKey) {
-		t, err := feeds.ParseTick(raw)
-		return t, "", err
-	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
-		t, err := feeds.ParseTick(raw) // for its error
-		return t, "", err
-	}
-	mid, ok := obj["mid"]
-	if !ok {
-		t, err := feeds.ParseTick(raw)
+	t, mid, err := tick.ParsePublished(raw)
+	if mid == nil {
 		return t, "", err
 	}
 	if !protocol.ValidMid(mid) {
 		return feeds.Tick{}, "", errBadMid
 	}
-	delete(obj, "mid")
-	rest, _ := json.Marshal(obj) // raw values always marshal
-	t, err := feeds.ParseTick(rest)
 	return t, string(mid), err
 }
 

@@ -340,3 +340,47 @@ func TestHTTPPublishIdempotency(t *testing.T) {
 		t.Fatalf("history %v: want 3 ticks", got)
 	}
 }
+
+// TestPublishNDJSONMids: POST /api/publish reads each line's tick and
+// "mid" in one pass (tick.ParsePublished, issue #12): repeated mids are
+// answered as duplicates, a bad mid refuses its line before anything else,
+// a "mid" inside fields is a field, the last of two mids counts, and a
+// line with data after its object is refused as bad JSON.
+func TestPublishNDJSONMids(t *testing.T) {
+	t.Parallel()
+	e := startServer(t, nil)
+	body := strings.Join([]string{
+		`{"topic":"NM","ts":1000,"price":"61837.63","mid":"a"}`,
+		`{"topic":"NM","ts":1000,"price":"61837.63","mid":"a"}`,
+		`{"topic":"NM","price":1,"mid":""}`,
+		`{"topic":"bad topic","mid":{"x":1}}`,
+		`{"topic":"NM","ts":2000,"price":2,"fields":{"mid":3}}`,
+		`{"topic":"NM","price":3,"mid":"b"} trailing`,
+		`{"topic":"NM","ts":3000,"price":4,"mid":7,"mid":"c"}`,
+		`{"topic":"NM","price":5,"mid":"c"}`,
+	}, "\n")
+	var res struct {
+		Accepted   int               `json:"accepted"`
+		Duplicates int               `json:"duplicates"`
+		Seqs       map[string]uint64 `json:"seqs"`
+		Refused    []struct {
+			Line int    `json:"line"`
+			Code string `json:"code"`
+		} `json:"refused"`
+	}
+	status, raw := e.doT(t, http.MethodPost, "/api/publish", "application/x-ndjson", []byte(body), &res)
+	codes := map[int]string{}
+	for _, r := range res.Refused {
+		codes[r.Line] = r.Code
+	}
+	want := map[int]string{3: protocol.CodeBadMid, 4: protocol.CodeBadMid, 6: protocol.CodeBadJSON}
+	if status != http.StatusOK || res.Accepted != 5 || res.Duplicates != 2 || res.Seqs["NM"] != 3 || fmt.Sprint(codes) != fmt.Sprint(want) {
+		t.Fatalf("got %d %s: want 5 accepted (2 duplicates), seq 3, refused %v", status, raw, want)
+	}
+	_, hist := e.doT(t, http.MethodGet, "/api/history?topic=NM", "", nil, nil)
+	for _, s := range []string{`"price":61837.63`, `"mid":3`} {
+		if !strings.Contains(string(hist), s) {
+			t.Errorf("history %s: want %s", hist, s)
+		}
+	}
+}
