@@ -8,7 +8,8 @@
 #                [--out DIR] [--tickstream-bin PATH]
 #
 # --scale multiplies the number of clients (not the tick rates); use 0.1 on
-# a small box. The full run (scale 1) is meant for a 16-core machine with
+# a small box. Servers: tickstream (with its durable store, the default),
+# tickstream-mem (data_dir "": memory only, as the reference), reference. The full run (scale 1) is meant for a 16-core machine with
 # --pin-server 0-1 --pin-generator 2-15. Loopback only.
 set -euo pipefail
 
@@ -79,7 +80,13 @@ start_server() { # $1 = tickstream|reference; sets PID and PORT
 	[ -n "$PIN_SERVER" ] && command -v taskset >/dev/null && pin=(taskset -c "$PIN_SERVER")
 	PORT=$((20000 + RANDOM % 20000))
 	case "$1" in
-	tickstream) "${pin[@]}" "$BIN/tickstream" --addr "127.0.0.1:$PORT" --config "$OUT/tickstream.yaml" >>"$OUT/server.log" 2>&1 & ;;
+	tickstream | tickstream-mem)
+		# A fresh store per run (the default data_dir, "data", would carry
+		# one run's topics into the next); tickstream-mem runs with none.
+		local data="$OUT/data"
+		rm -rf "$data"
+		[ "$1" = tickstream-mem ] && data=""
+		"${pin[@]}" "$BIN/tickstream" --addr "127.0.0.1:$PORT" --config "$OUT/tickstream.yaml" --data-dir "$data" >>"$OUT/server.log" 2>&1 & ;;
 	reference) "${pin[@]}" "$BIN/reference" --addr "127.0.0.1:$PORT" >>"$OUT/server.log" 2>&1 & ;;
 	esac
 	PID=$!
