@@ -36,11 +36,18 @@ type queued struct {
 // few bytes of JSON.
 const entryOverhead = int(unsafe.Sizeof(queued{}) + unsafe.Sizeof(Message{}))
 
-// keepEntries is the most slots a queue or batch slice keeps for reuse
-// once drained (about 14 KiB for both); a burst's bigger slices go back
-// to the garbage collector, so that an idle connection does not keep
-// them.
-const keepEntries = 64
+// keepBytes is the most a queue or batch slice keeps for reuse once
+// drained (16 KiB each, about 136 queue slots); a burst's bigger slices
+// go back to the garbage collector, so that an idle connection does not
+// keep them. It is in bytes, not slots, because append rounds a slice up
+// to the allocator's size class: a bound of 64 slots refused the 68 that
+// append gives 33-64 entries, and a queue of that length was reallocated
+// (grown from one slot) on every pass.
+const keepBytes = 16 << 10
+
+// keepQueue and keepBatch report whether a drained slice is kept.
+func keepQueue(q []queued) bool  { return cap(q)*int(unsafe.Sizeof(queued{})) <= keepBytes }
+func keepBatch(b []Message) bool { return cap(b)*int(unsafe.Sizeof(Message{})) <= keepBytes }
 
 // Transport writes a subscriber's messages to one connection.
 type Transport interface {
@@ -344,7 +351,7 @@ func appendMessages(dst []Message, q []queued) []Message {
 func (s *Subscriber) keepSpare(q []queued) {
 	clear(q)
 	s.mu.Lock()
-	if s.spare == nil && !s.closed && cap(q) <= keepEntries {
+	if s.spare == nil && !s.closed && keepQueue(q) {
 		s.spare = q[:0]
 	}
 	s.mu.Unlock()
@@ -530,7 +537,7 @@ func (s *Subscriber) Deliver(ctx context.Context, t Transport) error {
 		s.endWrite()
 		written := len(batch)
 		clear(batch)
-		if cap(batch) > keepEntries {
+		if !keepBatch(batch) {
 			batch = nil // a burst's batch is not kept
 		}
 		s.pumpJoins() // the client took that: queue more of a big subscribe
