@@ -228,6 +228,9 @@ type Bus struct {
 	// testHookScanned, if set, is called by a pattern subscribe between
 	// its scan of the topics and its registration with the bus.
 	testHookScanned func(s *Subscriber)
+	// testHookAcked, if set, is called by a subscribe after its ack is
+	// queued, before its pending names are registered.
+	testHookAcked func(s *Subscriber)
 
 	flMu      sync.Mutex
 	flushers  map[time.Duration]*flusher // by interval, but 0

@@ -150,3 +150,70 @@ func TestDirectWritesKeepOrderAndLoseNothing(t *testing.T) {
 		t.Fatalf("subscriber closed: %v", s.Err())
 	}
 }
+
+// TestUpdateRunsCoverEveryTick: ticks that come faster than the instant
+// flusher's passes go to each subscriber as one run per pass (one queue
+// entry, the bytes joined once), which a client reads as separate updates;
+// a subscriber that steps down merges a run's updates like any others.
+// Either way every tick is covered once, in seq order, with exact agg.
+func TestUpdateRunsCoverEveryTick(t *testing.T) {
+	t.Parallel()
+	for _, lagging := range []bool{false, true} {
+		t.Run(fmt.Sprintf("lagging=%v", lagging), func(t *testing.T) {
+			t.Parallel()
+			maxPending := 64 << 20
+			if lagging {
+				maxPending = 8 << 10
+			}
+			b := newTestBus(t, BusConfig{MaxPendingBytes: maxPending, LagThrottle: 20 * time.Millisecond})
+			mustPublish(t, b, priceTick("R", baseTS, 1, 1))
+			s := newTestSub(t, b)
+			tr := &memTransport{}
+			unblock := tr.block()
+			deliver(t, s, tr)
+			mustHandle(t, s, `{"op":"subscribe","topics":["R"],"throttle_ms":0}`)
+			const n = 3000
+			var last uint64
+			for i := range n {
+				last = mustPublish(t, b, priceTick("R", baseTS+int64(i), float64(i%97), 1))
+				if i%100 == 99 {
+					time.Sleep(2 * time.Millisecond) // passes end between bursts
+				}
+			}
+			settle(b)
+			runs := 0
+			s.mu.Lock()
+			for _, q := range s.queue {
+				if q.run != nil {
+					runs++
+				}
+			}
+			stepped := s.lagging
+			s.mu.Unlock()
+			if lagging != stepped {
+				t.Fatalf("lagging = %v, want %v", stepped, lagging)
+			}
+			if !lagging && runs == 0 {
+				t.Fatal("no update run queued: every tick had a queue entry of its own")
+			}
+			unblock()
+			waitSeq(t, tr, "R", last)
+			covered := uint64(1) // the snapshot's seq
+			var ticks int64
+			for _, w := range decodeAll(t, tr.messages()) {
+				if w.Type != protocol.TypeUpdate {
+					continue
+				}
+				if w.Seq-uint64(w.Agg.N) != covered {
+					t.Fatalf("update seq %d n %d after seq %d: lost, duplicated or reordered", w.Seq, w.Agg.N, covered)
+				}
+				covered = w.Seq
+				ticks += w.Agg.N
+			}
+			if ticks != n || covered != last {
+				t.Fatalf("updates covered %d ticks up to seq %d, want %d up to %d", ticks, covered, n, last)
+			}
+			t.Logf("runs queued %d", runs)
+		})
+	}
+}

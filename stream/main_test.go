@@ -110,11 +110,35 @@ func (m *memTransport) WriteBatch(msgs []Message) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.batches++
+	m.record(msgs)
+	return nil
+}
+
+// expandRuns returns msgs with each update run's parts in its place, as a
+// client reading the frame would see them.
+func expandRuns(msgs []Message) []Message {
+	var out []Message
+	for _, m := range msgs {
+		if len(m.Parts) > 0 {
+			out = append(out, expandRuns(m.Parts)...)
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// record keeps deep copies of msgs, an update run's parts one by one, as a
+// client reading the frame would see them.
+func (m *memTransport) record(msgs []Message) {
 	for _, msg := range msgs {
+		if len(msg.Parts) > 0 {
+			m.record(msg.Parts)
+			continue
+		}
 		msg.JSON = slices.Clone(msg.JSON)
 		m.msgs = append(m.msgs, msg)
 	}
-	return nil
 }
 
 func (m *memTransport) Heartbeat() error {
@@ -387,7 +411,7 @@ func drainAll(s *Subscriber) []Message {
 	batch, _ := s.drain(nil)
 	s.wrote(batch, 0, false)
 	s.endWrite()
-	return batch
+	return expandRuns(batch)
 }
 
 // settle waits until the instant flushers have fanned out every

@@ -340,6 +340,9 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 		s.subMu.Unlock()
 	}
 
+	if h := s.bus.testHookAcked; h != nil {
+		h(s)
+	}
 	if len(patterns) > 0 || len(pending) > 0 {
 		// From here on new topics join s when they are created; the ones
 		// created since the scan, and the pending names created since
@@ -350,6 +353,14 @@ func (s *Subscriber) subscribe(msg protocol.Op) (Result, error) {
 			s.subMu.Lock()
 			for _, req := range late {
 				if s.subs.pending[req.name] == req {
+					if req.cur == nil {
+						// Created since the lookup (after the ack went
+						// out, a client may publish its first tick at
+						// once): asked for before its first tick, so
+						// every tick comes as an update, replayed from
+						// seq 0, not as a snapshot.
+						req.cur = &protocol.Cursor{Epoch: s.bus.cfg.Epoch}
+					}
 					s.queueLocked(req)
 				}
 			}

@@ -341,3 +341,29 @@ func TestTopicCreatedBetweenScanAndRegistration(t *testing.T) {
 		t.Fatalf("got %q, want %q", got, want)
 	}
 }
+
+// TestPendingTopicCreatedAfterAck: a named topic with no tick yet whose
+// first tick comes after the subscribe's ack went out but before the name
+// is registered (a client may publish as soon as it reads the ack) still
+// arrives as an update, not as a snapshot: the client asked for it before
+// its first tick.
+func TestPendingTopicCreatedAfterAck(t *testing.T) {
+	t.Parallel()
+	b := newTestBus(t, BusConfig{})
+	s := newTestSub(t, b)
+	b.testHookAcked = func(sub *Subscriber) {
+		if sub == s {
+			mustPublish(t, b, priceTick("late", baseTS, 1, 1))
+		}
+	}
+	mustHandle(t, s, `{"op":"subscribe","topics":["late"],"throttle_ms":0}`)
+	mustPublish(t, b, priceTick("late", baseTS, 2, 1))
+	var got []string
+	for _, w := range decodeAll(t, drainAll(s)) {
+		got = append(got, fmt.Sprintf("%s %s %d", w.Type, w.Topic, w.Seq))
+	}
+	want := []string{"ack  0", "update late 1", "update late 2"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}

@@ -20,13 +20,20 @@ type Message struct {
 	JSON  []byte // the encoded message, no trailing newline; do not modify
 	// Accepted is when the bus accepted the newest tick in an update.
 	Accepted time.Time
+	// Parts is set when the message is several updates of one topic in
+	// seq order (an update run, see updateRun): JSON holds them joined by
+	// '\n' (a WebSocket frame's form), Parts each one. Fields above are
+	// the last one's. Transports that write messages one by one (SSE)
+	// write the parts; do not modify them.
+	Parts []Message
 }
 
 // queued is a Message waiting on a subscriber's queue.
 type queued struct {
 	Message
-	upd     *Update // set for updates
-	private bool    // upd is this subscriber's own merged copy, not yet encoded
+	upd     *Update    // set for updates
+	run     *updateRun // set for update runs
+	private bool       // upd is this subscriber's own merged copy, not yet encoded
 }
 
 // entryOverhead is what one queued message costs besides its JSON: its
@@ -37,13 +44,13 @@ type queued struct {
 const entryOverhead = int(unsafe.Sizeof(queued{}) + unsafe.Sizeof(Message{}))
 
 // keepBytes is the most a queue or batch slice keeps for reuse once
-// drained (16 KiB each, about 136 queue slots); a burst's bigger slices
-// go back to the garbage collector, so that an idle connection does not
-// keep them. It is in bytes, not slots, because append rounds a slice up
-// to the allocator's size class: a bound of 64 slots refused the 68 that
-// append gives 33-64 entries, and a queue of that length was reallocated
-// (grown from one slot) on every pass.
-const keepBytes = 16 << 10
+// drained (8 KiB each: 68 queue slots, 78 batch slots); a burst's bigger
+// slices go back to the garbage collector, so that an idle connection
+// does not keep them. It is in bytes, not slots, because append rounds a
+// slice up to the allocator's size class: a bound of 64 slots refused the
+// 68 that append gives 33-64 entries, and a queue of that length was
+// reallocated (grown from one slot) on every pass.
+const keepBytes = 8 << 10
 
 // keepQueue and keepBatch report whether a drained slice is kept.
 func keepQueue(q []queued) bool  { return cap(q)*int(unsafe.Sizeof(queued{})) <= keepBytes }
@@ -212,6 +219,45 @@ func (s *Subscriber) queueUpdate(u *Update) bool {
 	return wasEmpty
 }
 
+// queueLaggingLocked queues u for a lagging subscriber: merged into the
+// topic's pending update, if there is one.
+func (s *Subscriber) queueLaggingLocked(u *Update) {
+	if i, ok := s.mergeable[u.Topic]; ok {
+		s.queue[i].merge(u)
+		s.bus.metrics.ticksCoalesced.Add(float64(u.Agg.N))
+		return
+	}
+	s.mergeable[u.Topic] = len(s.queue)
+	s.queue = append(s.queue, queued{Message: updateMessage(u), upd: u})
+	s.pending += len(u.json) + entryOverhead
+}
+
+// queueRun queues an update run as one entry (while lagging, update by
+// update, merging). It reports whether the writer needs a signal, as
+// queueUpdate does.
+func (s *Subscriber) queueRun(r *updateRun) bool {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false
+	}
+	wasEmpty := len(s.queue) == 0
+	if s.lagging {
+		for _, u := range r.upds {
+			s.queueLaggingLocked(u)
+		}
+	} else {
+		s.queue = append(s.queue, queued{Message: r.msg, run: r})
+		s.pending += len(r.msg.JSON) + entryOverhead
+		if s.pending+s.inflight > s.bus.cfg.MaxPendingBytes {
+			s.stepDownLocked()
+		}
+	}
+	s.checkHardLimitLocked()
+	s.mu.Unlock()
+	return wasEmpty
+}
+
 func updateMessage(u *Update) Message {
 	return Message{Type: protocol.TypeUpdate, Topic: u.Topic, Epoch: u.Epoch, Seq: u.Seq, JSON: u.json, Accepted: u.Accepted}
 }
@@ -243,6 +289,13 @@ func (s *Subscriber) stepDownLocked() {
 	s.queue = make([]queued, 0, len(old)/4+8)
 	s.pending = 0
 	for _, q := range old {
+		if q.run != nil {
+			// A run merges update by update, like updates queued apart.
+			for _, u := range q.run.upds {
+				s.queueLaggingLocked(u)
+			}
+			continue
+		}
 		if q.upd != nil {
 			if i, ok := s.mergeable[q.Topic]; ok {
 				s.queue[i].merge(q.upd)
@@ -449,13 +502,21 @@ const quickWrite = 100 * time.Millisecond
 func (s *Subscriber) wrote(batch []Message, took time.Duration, paced bool) {
 	size := 0
 	now := s.bus.cfg.Now()
+	msgs := 0
 	for _, m := range batch {
 		size += len(m.JSON) + 1
+		msgs++
 		if m.Type == protocol.TypeUpdate && !m.Accepted.IsZero() {
 			s.bus.metrics.latency.Observe(now.Sub(m.Accepted).Seconds())
 		}
+		if len(m.Parts) > 1 {
+			msgs += len(m.Parts) - 1
+			for _, p := range m.Parts[:len(m.Parts)-1] {
+				s.bus.metrics.latency.Observe(now.Sub(p.Accepted).Seconds())
+			}
+		}
 	}
-	s.sentMsgs.Add(float64(len(batch)))
+	s.sentMsgs.Add(float64(msgs))
 	s.sentBytes.Add(float64(size))
 
 	s.mu.Lock()

@@ -332,7 +332,7 @@ func TestWSIdleAfterBurstHoldsNoBuffers(t *testing.T) {
 	}
 	t.Logf("heap before the burst %d, after %d: %d bytes more per connection", before, after, grew/conns)
 	// The README: an idle connection holds no write buffer, and queue
-	// and batch slices of at most keepBytes (16 KiB) each.
+	// and batch slices of at most keepBytes (8 KiB) each.
 	if per := grew / conns; per > 16<<10 {
 		t.Errorf("each idle connection holds %d more bytes after the burst, want at most 16 KiB", per)
 	}

@@ -62,15 +62,24 @@ func (t *pollTransport) add(typ string, json []byte) {
 func (t *pollTransport) WriteBatch(msgs []stream.Message) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.addLocked(msgs)
+	return nil
+}
+
+// addLocked collects msgs, an update run's parts one by one.
+func (t *pollTransport) addLocked(msgs []stream.Message) {
 	for i := range msgs {
 		m := &msgs[i]
+		if len(m.Parts) > 0 {
+			t.addLocked(m.Parts)
+			continue
+		}
 		if !kept(m.Type) {
 			continue
 		}
 		t.event, _, _ = t.log.advance(m.Topic, m.Epoch, m.Seq)
 		t.add(m.Type, m.JSON)
 	}
-	return nil
 }
 
 func (t *pollTransport) Heartbeat() error { return nil }

@@ -45,6 +45,10 @@ func writeDeadline(cur *time.Time, timeout time.Duration) time.Time {
 // for events that are then written.
 func (t *sseTransport) appendEvents(b []byte, msgs []stream.Message) []byte {
 	for i := range msgs {
+		if parts := msgs[i].Parts; len(parts) > 0 {
+			b = t.appendEvents(b, parts) // an update run: one event each
+			continue
+		}
 		m := &msgs[i]
 		n, changed, ref := t.log.advance(m.Topic, m.Epoch, m.Seq)
 		t.dirty = t.dirty || changed
