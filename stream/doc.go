@@ -10,19 +10,26 @@
 // interval) group has one open window; one flusher goroutine per distinct
 // interval closes the dirty windows, encodes each update once and puts the
 // same bytes on every member's queue. Throttle 0 encodes each tick once and
-// shares it the same way. There is no goroutine or timer per (subscriber,
-// topic).
+// shares it the same way; the ticks that came since a topic's last pass go
+// on each queue as one update run (one entry, the bytes joined once).
+// There is no goroutine or timer per (subscriber, topic).
 //
 // A Subscriber is one connection's view: its subscriptions and one bounded
 // outbound queue. Deliver drains the queue into a Transport, several
-// messages per write. When the queue passes BusConfig.MaxPendingBytes the
+// messages per write. When the Transport is a DirectTransport, the flusher
+// that queued to an idle subscriber writes its queue itself at the end of
+// its pass, without blocking (a long pass's subscribers are split over the
+// flusher's writer goroutines), and Deliver's goroutine only finishes
+// what a socket did not take and writes the rest (control messages,
+// lagging clients); one batch at a time, in queue order, either way. When the queue passes BusConfig.MaxPendingBytes the
 // subscriber steps down: pending updates merge per topic (aggregates stay
 // exact), writes are paced at BusConfig.LagThrottle and a status message
 // tells the client. Only a transport stuck past its write deadline, or a
 // subscriber whose queue passes four times the bound, is closed.
 //
 // Concurrency contract: every exported method of Bus and Subscriber is safe
-// for concurrent use. The Bus owns every goroutine it starts (flushers);
+// for concurrent use. The Bus owns every goroutine it starts (flushers and
+// their writers);
 // Close stops them and disconnects every subscriber. Deliver runs on the
 // caller's goroutine and returns when the subscriber is closed, the
 // transport fails or the context ends. Lock order: Bus.mu → topic.mu →
