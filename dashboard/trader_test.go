@@ -495,8 +495,13 @@ func TestWatchlistAndLayoutPersist(t *testing.T) {
 	b := newBrowser(t, 1440, 900)
 	b.do(t, chromedp.EmulateViewport(1440, 900), chromedp.Navigate(ts.url("/#NVDA")))
 	waitBoardMoves(t, b)
+	// Each step waits for the state the next one acts on: the star
+	// toggles whatever symbol is selected when the click lands.
+	b.waitFor(t, "NVDA selected from the address", 10*time.Second, `__tickstream.ui().selected === 'NVDA'`)
 	b.do(t, chromedp.Click(chromedp.CSS("#watch")))
+	b.waitFor(t, "NVDA watched", 5*time.Second, `__tickstream.ui().watch.join() === 'NVDA'`)
 	b.do(t, chromedp.Evaluate[chromedp.Void](`__tickstream.select('SOL-USD')`))
+	b.waitFor(t, "SOL-USD selected", 5*time.Second, `__tickstream.ui().selected === 'SOL-USD'`)
 	b.do(t, chromedp.Click(chromedp.CSS("#watch")))
 	b.do(t, chromedp.SendKeys(chromedp.CSS("#filter"), "-"))
 	b.do(t, chromedp.Click(chromedp.CSS(`#board th[data-key="price"] button`)))

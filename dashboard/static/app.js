@@ -1751,7 +1751,7 @@ globalThis.__tickstream = {
     seriesLastTime: candleSeries && candleSeries.data().length ? candleSeries.data()[candleSeries.data().length - 1].time : null,
   }),
   tape: () => tape.rows.map((x) => ({ ...x })),
-  ui: () => ({ sortKey: ui.sortKey, sortDir: ui.sortDir, pointerOver: ui.pointerOver, order: [...ui.order], watch: [...ui.watch] }),
+  ui: () => ({ sortKey: ui.sortKey, sortDir: ui.sortDir, pointerOver: ui.pointerOver, order: [...ui.order], watch: [...ui.watch], selected: ui.selected }),
   tz: () => ({ mode: tz.mode, label: tzLabel(Date.now()), offsetSec: tzOffsetSec(Date.now()) }),
   select: selectTopic,
   setInterval: setIntervalName,
