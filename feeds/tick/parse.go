@@ -105,8 +105,12 @@ func (p *parser) intern(b []byte, maxLen int) string {
 func parse(data []byte, published bool) (Tick, []byte, error) {
 	// fastjson recurses once per level of nesting and wraps its error
 	// message at each: bound the nesting first.
-	if tooDeep(data) {
+	deep, ctrl := preScan(data)
+	if deep {
 		return Tick{}, nil, tickErr(ErrBadJSON, "nested deeper than %d levels", maxNesting)
+	}
+	if ctrl {
+		return Tick{}, nil, tickErr(ErrBadJSON, "a string holds a raw control character (escape it)")
 	}
 	p := getParser(len(data))
 	defer p.release(len(data))
@@ -324,10 +328,11 @@ func decodedKey(k []byte) []byte {
 // needs 2: itself and its fields).
 const maxNesting = 32
 
-// tooDeep reports whether data nests arrays and objects deeper than
-// maxNesting. Its strings are those fastjson reads as far as it gets, so
-// fastjson never recurses deeper than this counts.
-func tooDeep(data []byte) bool {
+// preScan reports, in one pass, whether data nests deeper than
+// maxNesting and whether a string in it holds a raw control character
+// (JSON wants those escaped; fastjson's validator misses one that comes
+// before an escape in the same string, as in "\x00\\b").
+func preScan(data []byte) (deep, ctrl bool) {
 	depth := 0
 	for i := 0; i < len(data); i++ {
 		switch data[i] {
@@ -336,16 +341,19 @@ func tooDeep(data []byte) bool {
 				if data[i] == '\\' {
 					i++
 				}
+				if i < len(data) && data[i] < 0x20 {
+					ctrl = true
+				}
 			}
 		case '[', '{':
 			if depth++; depth > maxNesting {
-				return true
+				return true, ctrl
 			}
 		case ']', '}':
 			depth--
 		}
 	}
-	return false
+	return false, ctrl
 }
 
 // shortened keeps the end of a long fastjson error message (the innermost
