@@ -134,6 +134,55 @@ func (w *sockWriter) tryLocked(b []byte) (incomplete bool) {
 	return false
 }
 
+// frameBuilder appends a batch in a transport's wire form (a WebSocket
+// frame, SSE events).
+type frameBuilder interface {
+	appendFrame(dst []byte, msgs []stream.Message) []byte
+}
+
+// writeBatch builds msgs with f in a lent buffer and writes them after the
+// carry, blocking up to the deadline; no messages writes the carry only.
+func (w *sockWriter) writeBatch(f frameBuilder, msgs []stream.Message) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(msgs) == 0 {
+		return w.writeLocked(nil)
+	}
+	p := getFrameBuf()
+	b := f.appendFrame((*p)[:0], msgs)
+	err := w.writeLocked(b)
+	putFrameBuf(p, b)
+	return err
+}
+
+// tryBatch is stream.DirectTransport's TryWrite for a transport whose
+// batches f builds: it builds and tries them only when the socket is free
+// and has no carry.
+func (w *sockWriter) tryBatch(f frameBuilder, msgs []stream.Message) (started, incomplete bool) {
+	if !w.mu.TryLock() {
+		return false, false
+	}
+	defer w.mu.Unlock()
+	if !w.tryable() {
+		return false, false
+	}
+	p := getFrameBuf()
+	b := f.appendFrame((*p)[:0], msgs)
+	incomplete = w.tryLocked(b)
+	putFrameBuf(p, b)
+	return true, incomplete
+}
+
+// busTransport is t as the bus sees it: a DirectTransport on a plain TCP
+// socket, only a Transport otherwise (through TLS every write blocks, so
+// flushers must not try).
+func busTransport(t stream.DirectTransport, w *sockWriter) stream.Transport {
+	if w.canTry() {
+		return t
+	}
+	return struct{ stream.Transport }{t}
+}
+
 // frameBufs lends the buffers frames and events are built in, only while
 // they are written (an idle connection holds none).
 var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, frameBufBytes); return &b }}

@@ -41,12 +41,12 @@ func writeDeadline(cur *time.Time, timeout time.Duration) time.Time {
 	return *cur
 }
 
-// appendEvents appends msgs as events, advancing the cursor: call it only
+// appendFrame appends msgs as events, advancing the cursor: call it only
 // for events that are then written.
-func (t *sseTransport) appendEvents(b []byte, msgs []stream.Message) []byte {
+func (t *sseTransport) appendFrame(b []byte, msgs []stream.Message) []byte {
 	for i := range msgs {
 		if parts := msgs[i].Parts; len(parts) > 0 {
-			b = t.appendEvents(b, parts) // an update run: one event each
+			b = t.appendFrame(b, parts) // an update run: one event each
 			continue
 		}
 		m := &msgs[i]
@@ -71,33 +71,11 @@ func (t *sseTransport) appendEvents(b []byte, msgs []stream.Message) []byte {
 	return b
 }
 
-func (t *sseTransport) WriteBatch(msgs []stream.Message) error {
-	t.sock.mu.Lock()
-	defer t.sock.mu.Unlock()
-	if len(msgs) == 0 {
-		return t.sock.writeLocked(nil)
-	}
-	p := getFrameBuf()
-	b := t.appendEvents((*p)[:0], msgs)
-	err := t.sock.writeLocked(b)
-	putFrameBuf(p, b)
-	return err
-}
+func (t *sseTransport) WriteBatch(msgs []stream.Message) error { return t.sock.writeBatch(t, msgs) }
 
-// TryWrite implements stream.DirectTransport (through sseDirect).
+// TryWrite implements stream.DirectTransport.
 func (t *sseTransport) TryWrite(msgs []stream.Message) (started, incomplete bool) {
-	if !t.sock.mu.TryLock() {
-		return false, false
-	}
-	defer t.sock.mu.Unlock()
-	if !t.sock.tryable() {
-		return false, false
-	}
-	p := getFrameBuf()
-	b := t.appendEvents((*p)[:0], msgs)
-	incomplete = t.sock.tryLocked(b)
-	putFrameBuf(p, b)
-	return true, incomplete
+	return t.sock.tryBatch(t, msgs)
 }
 
 func (t *sseTransport) Heartbeat() error { return t.writeString(": hb\n\n", false) }
@@ -112,19 +90,10 @@ func (t *sseTransport) writeString(s string, last bool) error {
 	return err
 }
 
-// transport is t as the bus sees it: with tries on a plain TCP socket.
-func (t *sseTransport) transport() stream.Transport {
-	if t.sock.canTry() {
-		return sseDirect{t}
-	}
-	return t
-}
+// transport is t as the bus sees it.
+func (t *sseTransport) transport() stream.Transport { return busTransport(t, t.sock) }
 
-// sseDirect is an sseTransport on a plain TCP socket: flushers may write
-// to it themselves.
-type sseDirect struct{ *sseTransport }
-
-var _ stream.DirectTransport = sseDirect{}
+var _ stream.DirectTransport = (*sseTransport)(nil)
 
 // sseHead is the response head of an event stream. The body ends when
 // the connection closes (no length, not chunked): a stream is never

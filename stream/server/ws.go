@@ -80,41 +80,18 @@ func newWSTransport(conn *fastws.Conn, timeout time.Duration) *wsTransport {
 	return &wsTransport{conn: conn, sock: newSockWriter(conn.NetConn(), timeout)}
 }
 
-// transport is t as the bus sees it: with tries on a plain TCP socket.
-func (t *wsTransport) transport() stream.Transport {
-	if t.sock.canTry() {
-		return wsDirect{t}
-	}
-	return t
+// transport is t as the bus sees it.
+func (t *wsTransport) transport() stream.Transport { return busTransport(t, t.sock) }
+
+func (t *wsTransport) appendFrame(dst []byte, msgs []stream.Message) []byte {
+	return appendWSFrame(dst, msgs)
 }
 
-func (t *wsTransport) WriteBatch(msgs []stream.Message) error {
-	t.sock.mu.Lock()
-	defer t.sock.mu.Unlock()
-	if len(msgs) == 0 {
-		return t.sock.writeLocked(nil)
-	}
-	p := getFrameBuf()
-	b := appendWSFrame((*p)[:0], msgs)
-	err := t.sock.writeLocked(b)
-	putFrameBuf(p, b)
-	return err
-}
+func (t *wsTransport) WriteBatch(msgs []stream.Message) error { return t.sock.writeBatch(t, msgs) }
 
-// TryWrite implements stream.DirectTransport (through wsDirect).
+// TryWrite implements stream.DirectTransport.
 func (t *wsTransport) TryWrite(msgs []stream.Message) (started, incomplete bool) {
-	if !t.sock.mu.TryLock() {
-		return false, false
-	}
-	defer t.sock.mu.Unlock()
-	if !t.sock.tryable() {
-		return false, false
-	}
-	p := getFrameBuf()
-	b := appendWSFrame((*p)[:0], msgs)
-	incomplete = t.sock.tryLocked(b)
-	putFrameBuf(p, b)
-	return true, incomplete
+	return t.sock.tryBatch(t, msgs)
 }
 
 func (t *wsTransport) Heartbeat() error {
@@ -143,11 +120,7 @@ func (t *wsTransport) control(typ int, data []byte, last bool) error {
 	return err
 }
 
-// wsDirect is a wsTransport on a plain TCP socket: flushers may write to
-// it themselves.
-type wsDirect struct{ *wsTransport }
-
-var _ stream.DirectTransport = wsDirect{}
+var _ stream.DirectTransport = (*wsTransport)(nil)
 
 func (s *Server) serveWS(c *websocket.Conn) {
 	conn := c.Conn
