@@ -582,20 +582,30 @@ func TestReconnectNoHole(t *testing.T) {
 			first := b.chart(t, 1).Bars[0].T
 
 			ts.restart(1500*time.Millisecond, false)
-			b.waitFor(t, "the reconnecting badge", 10*time.Second, `document.getElementById('badge').dataset.state === 'reconnecting'`)
-			if _, _, label := b.badge(t); !strings.HasPrefix(label, "Reconnecting in ") || !strings.HasSuffix(label, " s") {
-				t.Errorf("badge while the server is down says %q, want \"Reconnecting in N s\"", label)
+			// The page moves between "reconnecting" (the countdown) and
+			// "connecting" (an attempt) while the server is down, so the
+			// badge, its label and the announcement are read in the same
+			// evaluation that sees the countdown.
+			b.waitFor(t, "the reconnecting badge", 10*time.Second, `(() => {
+				const e = document.getElementById('badge');
+				if (e.dataset.state !== 'reconnecting') return false;
+				window.__reconnecting = {Label: e.textContent.trim(), BadgeLive: !!e.closest('[aria-live],[role=status],[role=alert]'), Said: document.getElementById('conn-live').textContent};
+				return true;
+			})()`)
+			var seen struct {
+				Label     string
+				BadgeLive bool
+				Said      string
+			}
+			b.eval(t, `window.__reconnecting`, &seen)
+			if !strings.HasPrefix(seen.Label, "Reconnecting in ") || !strings.HasSuffix(seen.Label, " s") {
+				t.Errorf("badge while the server is down says %q, want \"Reconnecting in N s\"", seen.Label)
 			}
 			// Screen readers hear the state, not every second of the
 			// countdown: the badge is in no live region, the status text
 			// has no number.
-			var live struct {
-				BadgeLive bool
-				Said      string
-			}
-			b.eval(t, `({BadgeLive: !!document.getElementById('badge').closest('[aria-live],[role=status],[role=alert]'), Said: document.getElementById('conn-live').textContent})`, &live)
-			if live.BadgeLive || strings.ContainsAny(live.Said, "0123456789") || !strings.Contains(live.Said, "Reconnecting") {
-				t.Errorf("while reconnecting: badge in a live region %v, announced %q; want the countdown outside live regions and the state announced once", live.BadgeLive, live.Said)
+			if seen.BadgeLive || strings.ContainsAny(seen.Said, "0123456789") || !strings.Contains(seen.Said, "Reconnecting") {
+				t.Errorf("while reconnecting: badge in a live region %v, announced %q; want the countdown outside live regions and the state announced once", seen.BadgeLive, seen.Said)
 			}
 			b.waitFor(t, "live again", 20*time.Second, fmt.Sprintf(`__tickstream.stats().connects >= 2 && document.getElementById('badge').dataset.state === 'live' && document.getElementById('badge').dataset.transport === %q`, tc.transport))
 			time.Sleep(2500 * time.Millisecond) // more bars after the restart

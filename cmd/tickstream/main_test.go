@@ -231,10 +231,17 @@ func recordFromCommand(t *testing.T, bin, addr string) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- rec.Wait() }()
+	// The simulator's symbols tick at their own rates, with bursts and
+	// lulls, so 20 lines may all be one symbol's: wait for both.
 	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		b, err := os.ReadFile(out)
 		if n := bytes.Count(b, []byte("\n")); err != nil || n < 20 {
 			return fmt.Errorf("%d lines recorded (%v)", n, err)
+		}
+		for _, topic := range []string{"BTC-USD", "ETH-USD"} {
+			if !bytes.Contains(b, []byte(`"topic":"`+topic+`"`)) {
+				return fmt.Errorf("no line of %s yet", topic)
+			}
 		}
 		return nil
 	})
