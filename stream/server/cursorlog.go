@@ -53,6 +53,31 @@ const maxCursorUndo = 16384
 func (l *cursorLog) advance(topic, epoch string, seq uint64) (n uint64, changed, ref bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	n, changed = l.advanceLocked(topic, epoch, seq)
+	return n, changed, l.ref
+}
+
+// nextID advances the log as advance does and returns the event's id in
+// id's storage: a reference once ids are references, else the inline
+// cursor, encoded again only when a position changed since id was made
+// (*stale). One lock per event: an SSE stream calls it for every event
+// it writes.
+func (l *cursorLog) nextID(id []byte, stale *bool, topic, epoch string, seq uint64) []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, changed := l.advanceLocked(topic, epoch, seq)
+	*stale = *stale || changed
+	switch {
+	case l.ref:
+		return protocol.AppendCursorRef(id[:0], l.stream, n)
+	case *stale:
+		*stale = false
+		return protocol.AppendCursor(id[:0], l.pos)
+	}
+	return id
+}
+
+func (l *cursorLog) advanceLocked(topic, epoch string, seq uint64) (n uint64, changed bool) {
 	l.event++
 	if topic != "" && epoch != "" {
 		changed = l.setLocked(topic, epoch, seq)
@@ -61,7 +86,7 @@ func (l *cursorLog) advance(topic, epoch string, seq uint64) (n uint64, changed,
 		}
 	}
 	l.maybeShareLocked()
-	return l.event, changed, l.ref
+	return l.event, changed
 }
 
 func inlineLen(pos []protocol.CursorPos) int {

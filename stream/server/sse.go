@@ -50,14 +50,7 @@ func (t *sseTransport) appendFrame(b []byte, msgs []stream.Message) []byte {
 			continue
 		}
 		m := &msgs[i]
-		n, changed, ref := t.log.advance(m.Topic, m.Epoch, m.Seq)
-		t.dirty = t.dirty || changed
-		if ref {
-			t.id = protocol.AppendCursorRef(t.id[:0], t.log.stream, n)
-		} else if t.dirty {
-			t.id = t.log.appendInline(t.id[:0])
-			t.dirty = false
-		}
+		t.id = t.log.nextID(t.id, &t.dirty, m.Topic, m.Epoch, m.Seq)
 		b = append(b, "event: "...)
 		b = append(b, m.Type...)
 		if len(t.id) > 0 {

@@ -17,7 +17,13 @@ import (
 func TestSSEResumeManyTopics(t *testing.T) {
 	t.Parallel()
 	const topics = 2000
-	e := startServer(t, func(bc *stream.BusConfig, _ *server.Config) { bc.MaxTopicsPerSubscriber = 3 * topics })
+	e := startServer(t, func(bc *stream.BusConfig, _ *server.Config) {
+		bc.MaxTopicsPerSubscriber = 3 * topics
+		// The test publishes 6,000 updates before it reads one, about the
+		// default 1 MiB queue bound: room enough that the stream is not
+		// stepped down (a status event, merged updates) while it waits.
+		bc.MaxPendingBytes = 8 << 20
+	})
 	name := func(i int) string { return fmt.Sprintf("M.%04d", i) }
 	for i := range topics {
 		e.publish(name(i), 1, f("price", 1))
