@@ -24,6 +24,7 @@ type cursorLog struct {
 	mu       sync.Mutex
 	pos      []protocol.CursorPos // sorted by epoch, topic
 	event    uint64               // events written so far
+	last     int                  // index in pos of the last event's topic (a hint)
 	ref      bool                 // ids are references from now on
 	covered  uint64               // positions after event ≥ covered can be rebuilt
 	undo     []cursorUndo         // ring, oldest at head once full
@@ -104,7 +105,13 @@ func inlineLen(pos []protocol.CursorPos) int {
 // setLocked moves topic to (epoch, seq); a new epoch replaces the old
 // position.
 func (l *cursorLog) setLocked(topic, epoch string, seq uint64) bool {
-	i := l.find(epoch, topic)
+	i := l.last
+	// Most events are of the topic of the event before (one topic per
+	// stream, or an update run): skip the search then.
+	if i >= len(l.pos) || l.pos[i].Topic != topic || l.pos[i].Epoch != epoch {
+		i = l.find(epoch, topic)
+	}
+	l.last = i
 	if i < len(l.pos) && l.pos[i].Epoch == epoch && l.pos[i].Topic == topic {
 		if l.pos[i].Seq == seq {
 			return false
@@ -126,6 +133,7 @@ func (l *cursorLog) setLocked(topic, epoch string, seq uint64) bool {
 	}
 	l.record(topic, prev, had)
 	l.pos = slices.Insert(l.pos, i, protocol.CursorPos{Epoch: epoch, Topic: topic, Seq: seq})
+	l.last = i
 	return true
 }
 
