@@ -329,3 +329,47 @@ func itoa(i int) string { return strconv.Itoa(i) }
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+// TestOversizedRequestGetsItsAnswer: a request refused before it was read
+// whole (a URL past the header buffer: 431; a body past max_publish_bytes:
+// 413) still gets its answer. Closing a socket with unread input makes the
+// kernel send a reset, and an HTTP client still writing the request then
+// fails with "connection reset by peer" instead of reading the answer, so
+// the server reads and drops the rest of the request for a moment before
+// it closes.
+func TestOversizedRequestGetsItsAnswer(t *testing.T) {
+	t.Parallel()
+	e := startServer(t, func(_ *stream.BusConfig, sc *server.Config) { sc.MaxPublishBytes = 64 << 10 })
+	topics := make([]string, 1500)
+	for i := range topics {
+		topics[i] = fmt.Sprintf("LONG.TOPIC.%05d", i)
+	}
+	body := strings.Repeat(`{"topic":"X","price":1}`+"\n", 40_000) // about 1 MB
+	hc := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
+	defer hc.CloseIdleConnections()
+	for _, tc := range []struct {
+		name string
+		req  func() (*http.Response, error)
+		want int
+	}{
+		{"URL past the header buffer", func() (*http.Response, error) {
+			return hc.Get(e.url("/sse?topics=" + strings.Join(topics, ",")))
+		}, http.StatusRequestHeaderFieldsTooLarge},
+		{"body past the limit", func() (*http.Response, error) {
+			return hc.Post(e.url("/api/publish"), "application/x-ndjson", strings.NewReader(body))
+		}, http.StatusRequestEntityTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for round := range 5 {
+				resp, err := tc.req()
+				if err != nil {
+					t.Fatalf("round %d: no answer: %v", round, err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != tc.want {
+					t.Fatalf("round %d: status %d, want %d", round, resp.StatusCode, tc.want)
+				}
+			}
+		})
+	}
+}

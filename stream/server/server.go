@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
@@ -20,6 +21,7 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/filesystem"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
 	"golang.org/x/time/rate"
 
 	"github.com/tickstream/tickstream/dashboard"
@@ -301,6 +303,18 @@ func New(cfg Config) (*Server, error) {
 		ErrorHandler:                 errorHandler,
 		AppName:                      "tickstream",
 	})
+	// fasthttp answers a request it could not read whole (a URL past its
+	// header buffer: 431; a body past the limit: 413; a malformed one)
+	// and closes the connection. With the rest of the request unread,
+	// that close is a reset, and a client still writing the request loses
+	// the answer ("connection reset by peer"): such a connection drains
+	// for a moment before it closes, as nginx's lingering close does.
+	hs := s.app.Server()
+	answer := hs.ErrorHandler
+	hs.ErrorHandler = func(ctx *fasthttp.RequestCtx, err error) {
+		lingerOnClose(ctx.Conn())
+		answer(ctx, err)
+	}
 	s.initWS()
 	s.routes()
 	return s, nil
@@ -434,8 +448,9 @@ func (s *silentConns) closeAll() {
 // first byte.
 type trackedConn struct {
 	net.Conn
-	t     *silentConns
-	spoke atomic.Bool
+	t      *silentConns
+	spoke  atomic.Bool
+	linger atomic.Bool // drain before closing (lingerOnClose)
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
@@ -449,7 +464,42 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 
 func (c *trackedConn) Close() error {
 	c.t.remove(c)
+	if c.linger.Load() {
+		drain(c.Conn)
+	}
 	return c.Conn.Close()
+}
+
+// lingerOnClose makes conn (a trackedConn, under TLS or not) drain before
+// it closes.
+func lingerOnClose(conn net.Conn) {
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn()
+	}
+	if tc, ok := conn.(*trackedConn); ok {
+		tc.linger.Store(true)
+	}
+}
+
+// A draining connection reads and drops at most lingerBytes for at most
+// lingerTime.
+const (
+	lingerTime  = 2 * time.Second
+	lingerBytes = 64 << 20
+)
+
+// drain half-closes conn, so that the client reads the answer and then
+// the end of the stream, and reads and drops what the client still sends
+// until it closes its side, lingerTime passes or lingerBytes were read.
+// Closing with input unread would make the kernel send a reset, which can
+// take the answer with it.
+func drain(conn net.Conn) {
+	hc, ok := conn.(interface{ CloseWrite() error })
+	if !ok || hc.CloseWrite() != nil {
+		return
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(lingerTime))
+	_, _ = io.CopyN(io.Discard, conn, lingerBytes)
 }
 
 // NetConn returns the connection under the wrapper (see socket).
