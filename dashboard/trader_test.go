@@ -497,12 +497,26 @@ func TestWatchlistAndLayoutPersist(t *testing.T) {
 	waitBoardMoves(t, b)
 	// Each step waits for the state the next one acts on: the star
 	// toggles whatever symbol is selected when the click lands.
-	b.waitFor(t, "NVDA selected from the address", 10*time.Second, `__tickstream.ui().selected === 'NVDA'`)
+	// The star sits next to the symbol's name, so it moves when the
+	// chart header shows another symbol: wait for the header too.
+	b.waitFor(t, "NVDA selected from the address", 10*time.Second, `__tickstream.ui().selected === 'NVDA' && document.getElementById('chart-topic').textContent === 'NVDA'`)
+	// Nor does it move as the live figures change width under it.
+	var moved struct{ Before, After float64 }
+	b.eval(t, `(() => {
+		const x = () => document.getElementById('watch').getBoundingClientRect().left;
+		const before = x();
+		for (const id of ['chart-price', 'chart-chg', 'chart-vol']) document.getElementById(id).textContent += ' 123,456,789.00';
+		return {Before: before, After: x()};
+	})()`, &moved)
+	if moved.Before != moved.After {
+		t.Errorf("the watchlist star moved from x=%v to x=%v when the live figures grew", moved.Before, moved.After)
+	}
 	b.do(t, chromedp.Click(chromedp.CSS("#watch")))
 	b.waitFor(t, "NVDA watched", 5*time.Second, `__tickstream.ui().watch.join() === 'NVDA'`)
 	b.do(t, chromedp.Evaluate[chromedp.Void](`__tickstream.select('SOL-USD')`))
-	b.waitFor(t, "SOL-USD selected", 5*time.Second, `__tickstream.ui().selected === 'SOL-USD'`)
+	b.waitFor(t, "SOL-USD selected", 5*time.Second, `__tickstream.ui().selected === 'SOL-USD' && document.getElementById('chart-topic').textContent === 'SOL-USD'`)
 	b.do(t, chromedp.Click(chromedp.CSS("#watch")))
+	b.waitFor(t, "SOL-USD watched", 5*time.Second, `__tickstream.ui().watch.sort().join() === 'NVDA,SOL-USD'`)
 	b.do(t, chromedp.SendKeys(chromedp.CSS("#filter"), "-"))
 	b.do(t, chromedp.Click(chromedp.CSS(`#board th[data-key="price"] button`)))
 	b.waitFor(t, "the watchlist saved", 5*time.Second, `JSON.parse(localStorage.getItem('tickstream.watchlist')).sort().join() === 'NVDA,SOL-USD'`)
