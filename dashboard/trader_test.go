@@ -500,16 +500,19 @@ func TestWatchlistAndLayoutPersist(t *testing.T) {
 	// The star sits next to the symbol's name, so it moves when the
 	// chart header shows another symbol: wait for the header too.
 	b.waitFor(t, "NVDA selected from the address", 10*time.Second, `__tickstream.ui().selected === 'NVDA' && document.getElementById('chart-topic').textContent === 'NVDA'`)
-	// Nor does it move as the live figures change width under it.
-	var moved struct{ Before, After float64 }
+	// Neither it nor the chart's controls move as the live figures change
+	// width: a click aimed at one lands on it.
+	var moved []string
 	b.eval(t, `(() => {
-		const x = () => document.getElementById('watch').getBoundingClientRect().left;
-		const before = x();
+		const ids = ['watch', 'ov-vwap', 'ov-period', 'split', 'intervals'];
+		const at = () => ids.map((id) => { const r = document.getElementById(id).getBoundingClientRect(); return r.left + ',' + r.top; });
+		const before = at();
 		for (const id of ['chart-price', 'chart-chg', 'chart-vol']) document.getElementById(id).textContent += ' 123,456,789.00';
-		return {Before: before, After: x()};
+		const after = at();
+		return ids.filter((id, i) => before[i] !== after[i]).map((id, i) => id + ' ' + before[ids.indexOf(id)] + ' → ' + after[ids.indexOf(id)]);
 	})()`, &moved)
-	if moved.Before != moved.After {
-		t.Errorf("the watchlist star moved from x=%v to x=%v when the live figures grew", moved.Before, moved.After)
+	if len(moved) > 0 {
+		t.Errorf("when the live figures grew, these moved: %v", moved)
 	}
 	b.do(t, chromedp.Click(chromedp.CSS("#watch")))
 	b.waitFor(t, "NVDA watched", 5*time.Second, `__tickstream.ui().watch.join() === 'NVDA'`)
