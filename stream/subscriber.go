@@ -199,20 +199,18 @@ func (s *Subscriber) queueUpdate(u *Update) bool {
 		s.mu.Unlock()
 		return false
 	}
+	wasEmpty := len(s.queue) == 0
 	if s.lagging {
-		if i, ok := s.mergeable[u.Topic]; ok {
-			s.queue[i].merge(u)
-			s.bus.metrics.ticksCoalesced.Add(float64(u.Agg.N))
+		if !s.queueLaggingLocked(u) {
 			s.mu.Unlock()
 			return false // already signalled when the entry was queued
 		}
-		s.mergeable[u.Topic] = len(s.queue)
-	}
-	wasEmpty := len(s.queue) == 0
-	s.queue = append(s.queue, queued{Message: updateMessage(u), upd: u})
-	s.pending += len(u.json) + entryOverhead
-	if !s.lagging && s.pending+s.inflight > s.bus.cfg.MaxPendingBytes {
-		s.stepDownLocked()
+	} else {
+		s.queue = append(s.queue, queued{Message: updateMessage(u), upd: u})
+		s.pending += len(u.json) + entryOverhead
+		if s.pending+s.inflight > s.bus.cfg.MaxPendingBytes {
+			s.stepDownLocked()
+		}
 	}
 	s.checkHardLimitLocked()
 	s.mu.Unlock()
@@ -220,16 +218,18 @@ func (s *Subscriber) queueUpdate(u *Update) bool {
 }
 
 // queueLaggingLocked queues u for a lagging subscriber: merged into the
-// topic's pending update, if there is one.
-func (s *Subscriber) queueLaggingLocked(u *Update) {
+// topic's pending update, if there is one. It reports whether it queued
+// a new entry.
+func (s *Subscriber) queueLaggingLocked(u *Update) bool {
 	if i, ok := s.mergeable[u.Topic]; ok {
 		s.queue[i].merge(u)
 		s.bus.metrics.ticksCoalesced.Add(float64(u.Agg.N))
-		return
+		return false
 	}
 	s.mergeable[u.Topic] = len(s.queue)
 	s.queue = append(s.queue, queued{Message: updateMessage(u), upd: u})
 	s.pending += len(u.json) + entryOverhead
+	return true
 }
 
 // queueRun queues an update run as one entry (while lagging, update by

@@ -206,11 +206,7 @@ func (t *topic) publishLocked(tk *tick.Tick, accepted time.Time, seq uint64) (ui
 func (g *group) fanout(u *Update, members []*membership, wake *[]*Subscriber) {
 	for _, m := range members {
 		if m.sub.queueUpdate(u) {
-			if wake != nil {
-				*wake = append(*wake, m.sub)
-			} else {
-				m.sub.signal()
-			}
+			wakeLater(m.sub, wake)
 		}
 	}
 	if n := u.Agg.N - 1; n > 0 {
@@ -246,15 +242,21 @@ func (r *updateRun) build() {
 	r.msg.JSON, r.msg.Parts = b, parts
 }
 
+// wakeLater adds s to wake, to be signalled when the flusher's pass ends,
+// or signals it now when there is no wake list.
+func wakeLater(s *Subscriber, wake *[]*Subscriber) {
+	if wake != nil {
+		*wake = append(*wake, s)
+	} else {
+		s.signal()
+	}
+}
+
 // fanoutRun puts r on every member's queue; wake is as for fanout.
 func (g *group) fanoutRun(r *updateRun, wake *[]*Subscriber) {
 	for _, m := range g.members {
 		if m.sub.queueRun(r) {
-			if wake != nil {
-				*wake = append(*wake, m.sub)
-			} else {
-				m.sub.signal()
-			}
+			wakeLater(m.sub, wake)
 		}
 	}
 	var coalesced int64
@@ -282,21 +284,16 @@ func (g *group) flush(wake *[]*Subscriber) {
 			}
 			r.build()
 			g.fanoutRun(r, wake)
-			clear(g.instant)
-			g.instant = g.instant[:0]
-			if cap(g.instant) > 64 {
-				g.instant = nil
-			}
-			return
-		}
-		for i := range g.instant {
-			w := &g.instant[i]
-			last := w.seq
-			u := w.take(t.name, epoch).encoded()
-			g.fanout(u, g.members, wake)
-			for _, j := range g.joins {
-				if last > j.afterSeq {
-					g.fanout(u, j.members, wake)
+		} else {
+			for i := range g.instant {
+				w := &g.instant[i]
+				last := w.seq
+				u := w.take(t.name, epoch).encoded()
+				g.fanout(u, g.members, wake)
+				for _, j := range g.joins {
+					if last > j.afterSeq {
+						g.fanout(u, j.members, wake)
+					}
 				}
 			}
 		}
