@@ -194,6 +194,13 @@ func (s *Subscriber) pushUpdate(u *Update) {
 // a non-empty queue was signalled when it became non-empty and the writer
 // drains it whole.
 func (s *Subscriber) queueUpdate(u *Update) bool {
+	return s.enqueue(queued{Message: updateMessage(u), upd: u}, []*Update{u})
+}
+
+// enqueue queues e, which holds upds (one update, or a run's), and
+// reports whether the writer needs a signal, as queueUpdate does. While
+// lagging, upds merge update by update into the topic's pending entry.
+func (s *Subscriber) enqueue(e queued, upds []*Update) bool {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -201,13 +208,17 @@ func (s *Subscriber) queueUpdate(u *Update) bool {
 	}
 	wasEmpty := len(s.queue) == 0
 	if s.lagging {
-		if !s.queueLaggingLocked(u) {
+		added := false
+		for _, u := range upds {
+			added = s.queueLaggingLocked(u) || added
+		}
+		if !added {
 			s.mu.Unlock()
 			return false // already signalled when the entry was queued
 		}
 	} else {
-		s.queue = append(s.queue, queued{Message: updateMessage(u), upd: u})
-		s.pending += len(u.json) + entryOverhead
+		s.queue = append(s.queue, e)
+		s.pending += len(e.JSON) + entryOverhead
 		if s.pending+s.inflight > s.bus.cfg.MaxPendingBytes {
 			s.stepDownLocked()
 		}
@@ -236,26 +247,7 @@ func (s *Subscriber) queueLaggingLocked(u *Update) bool {
 // update, merging). It reports whether the writer needs a signal, as
 // queueUpdate does.
 func (s *Subscriber) queueRun(r *updateRun) bool {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return false
-	}
-	wasEmpty := len(s.queue) == 0
-	if s.lagging {
-		for _, u := range r.upds {
-			s.queueLaggingLocked(u)
-		}
-	} else {
-		s.queue = append(s.queue, queued{Message: r.msg, run: r})
-		s.pending += len(r.msg.JSON) + entryOverhead
-		if s.pending+s.inflight > s.bus.cfg.MaxPendingBytes {
-			s.stepDownLocked()
-		}
-	}
-	s.checkHardLimitLocked()
-	s.mu.Unlock()
-	return wasEmpty
+	return s.enqueue(queued{Message: r.msg, run: r}, r.upds)
 }
 
 func updateMessage(u *Update) Message {
